@@ -1,0 +1,57 @@
+"""adapterkit: AdapterHub's adapter API on transformers 5.
+
+    from adapterkit import AutoAdapterModel
+    model = AutoAdapterModel.from_pretrained(path)
+    model.add_adapter("sst-2", config="seq_bn")
+    model.add_classification_head("sst-2", num_labels=2)
+    model.train_adapter("sst-2")
+"""
+
+from .composition import AdapterCompositionBlock, Stack, parse_composition
+from .configs import (
+    ADAPTER_CONFIG_MAP,
+    DEFAULT_ADAPTER_CONFIG,
+    AdapterConfig,
+    BnConfig,
+    DoubleSeqBnConfig,
+    IA3Config,
+    LoRAConfig,
+    ParBnConfig,
+    SeqBnConfig,
+)
+from .context import AdapterSetup, ForwardContext
+from .heads import ClassificationHead, MultiLabelClassificationHead, PredictionHead
+from .integration import ArchitectureSpec, SubBlock, register_architecture
+from .methods import AdapterMethod, register_method
+from .model import AutoAdapterModel, ModelAdaptersConfig, ModelAdaptersMixin, init
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADAPTER_CONFIG_MAP",
+    "DEFAULT_ADAPTER_CONFIG",
+    "AdapterCompositionBlock",
+    "AdapterConfig",
+    "AdapterMethod",
+    "AdapterSetup",
+    "ArchitectureSpec",
+    "AutoAdapterModel",
+    "BnConfig",
+    "ClassificationHead",
+    "DoubleSeqBnConfig",
+    "ForwardContext",
+    "IA3Config",
+    "LoRAConfig",
+    "ModelAdaptersConfig",
+    "ModelAdaptersMixin",
+    "MultiLabelClassificationHead",
+    "ParBnConfig",
+    "PredictionHead",
+    "SeqBnConfig",
+    "Stack",
+    "SubBlock",
+    "init",
+    "parse_composition",
+    "register_architecture",
+    "register_method",
+]

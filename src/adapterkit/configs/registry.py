@@ -1,0 +1,135 @@
+"""Config aliases, the dict-to-class rule, config strings, and the AdapterHub config hash."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .base import AdapterConfig
+from .bottleneck import BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
+from .lora import IA3Config, LoRAConfig
+
+ADAPTER_CONFIG_MAP: dict[str, Callable[[], AdapterConfig]] = {
+    "seq_bn": SeqBnConfig,
+    "pfeiffer": SeqBnConfig,
+    "double_seq_bn": DoubleSeqBnConfig,
+    "houlsby": DoubleSeqBnConfig,
+    "par_bn": ParBnConfig,
+    "parallel": ParBnConfig,
+    "scaled_par_bn": lambda: ParBnConfig(scaling="learned"),
+    "scaled_parallel": lambda: ParBnConfig(scaling="learned"),
+    "lora": LoRAConfig,
+    "ia3": IA3Config,
+}
+"""Alias -> factory of the config it names (AdapterHub's names; deprecated ones kept for loading)."""
+
+DEFAULT_ADAPTER_CONFIG = "seq_bn"
+
+DEPRECATED_ALIASES = frozenset({"pfeiffer", "houlsby", "parallel", "scaled_parallel"})
+"""Old names still accepted when loading; never written."""
+
+# "architecture" value in a saved dict -> config class
+_ARCHITECTURE_CLASSES: dict[str | None, type[AdapterConfig]] = {None: BnConfig, "lora": LoRAConfig}
+
+_CONFIG_STRING = re.compile(r"^(?P<name>[^\[\]|\n]+)(?:\[(?P<kvs>.*)\])?$")
+
+# Keys dropped from the hash when they hold these values, so hashes match AdapterHub's (and its v2 era).
+_HASH_IGNORE_DEFAULTS: dict[str, Any] = {
+    "phm_layer": True,
+    "phm_dim": 4,
+    "factorized_phm_W": True,
+    "shared_W_phm": False,
+    "shared_phm_rule": True,
+    "factorized_phm_rule": False,
+    "phm_c_init": "normal",
+    "phm_init_range": 0.0001,
+    "learn_phm": True,
+    "hypercomplex_nonlinearity": "glorot-uniform",
+    "phm_rank": 1,
+    "phm_bias": True,
+    "init_weights": "bert",
+    "scaling": 1.0,
+}
+
+
+def register_config_architecture(architecture: str, config_cls: type[AdapterConfig]) -> None:
+    """Map the ``"architecture"`` value of saved dicts to ``config_cls`` (used by new methods)."""
+    _ARCHITECTURE_CLASSES[architecture] = config_cls
+
+
+def config_class_for(config: Mapping[str, Any]) -> type[AdapterConfig]:
+    """The config class a saved dict belongs to, chosen by its ``"architecture"`` key.
+
+    Raises:
+        ValueError: if the architecture is not known to this version.
+    """
+    architecture = config.get("architecture")
+    try:
+        return _ARCHITECTURE_CLASSES[architecture]
+    except KeyError:
+        known = sorted(str(a) for a in _ARCHITECTURE_CLASSES)
+        raise ValueError(
+            f"adapter config architecture {architecture!r} is not supported by this version; known: {known}"
+        ) from None
+
+
+def parse_config_string(spec: str) -> AdapterConfig:
+    """Parse ``"name"`` or ``"name[key=value, ...]"`` into a config.
+
+    Values are Python literals (``"lora[r=16, attn_matrices=['q','k','v']]"``).
+
+    Raises:
+        ValueError: for an unknown alias, unbalanced brackets, or a value that is not a literal.
+        TypeError: for a key the config does not have.
+    """
+    spec = spec.strip()
+    if "|" in spec:
+        raise ValueError(
+            f"config string {spec!r} combines methods with '|'; config unions are not available in this version"
+        )
+    match = _CONFIG_STRING.match(spec)
+    if not match or spec.count("[") != spec.count("]"):
+        raise ValueError(f"config string {spec!r} is malformed; expected 'name' or 'name[key=value, ...]'")
+    name = match.group("name").strip()
+    if name not in ADAPTER_CONFIG_MAP:
+        raise ValueError(f"unknown adapter config {name!r}; known aliases: {sorted(ADAPTER_CONFIG_MAP)}")
+    config = ADAPTER_CONFIG_MAP[name]()
+    kvs = match.group("kvs")
+    if kvs and kvs.strip():
+        try:
+            call = ast.parse(f"f({kvs})", mode="eval").body
+            assert isinstance(call, ast.Call) and not call.args
+            changes = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+        except (SyntaxError, ValueError, AssertionError):
+            raise ValueError(
+                f"config string {spec!r}: the part in brackets must be key=value pairs with literal values"
+            ) from None
+        config = config.replace(**changes)
+    return config
+
+
+def _minimize(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _minimize(v) for k, v in value.items() if v}
+    return value
+
+
+def config_hash(config: AdapterConfig | Mapping[str, Any], length: int = 16, ignore_params: tuple[str, ...] = ()) -> str:
+    """AdapterHub's config hash: sha1 of the sorted JSON of the non-empty, non-default keys.
+
+    Args:
+        config: a config or its dict.
+        length: number of hex characters kept.
+        ignore_params: keys left out of the hash.
+    """
+    data = config.to_dict() if isinstance(config, AdapterConfig) else dict(config)
+    minimized = _minimize({k: v for k, v in data.items() if k not in ignore_params})
+    for key, default in _HASH_IGNORE_DEFAULTS.items():
+        if key in minimized and minimized[key] == default:
+            del minimized[key]
+    digest = hashlib.sha1(json.dumps(minimized, sort_keys=True).encode("utf-8")).hexdigest()
+    return digest[:length]

@@ -1,0 +1,104 @@
+"""`PredictionHead`: a named, configurable output head on top of a base model.
+
+A head is an ``nn.Sequential`` of ``[Dropout, Linear, activation] * (layers - 1) + [Dropout, Linear]``
+(AdapterHub's layout, so weight keys are ``heads.<name>.<index>.weight``). Its ``config`` dict is
+saved as ``head_config.json`` and in ``config.json["prediction_heads"]``, and rebuilds the head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..methods.bottleneck import Activation
+
+
+class PredictionHead(nn.Sequential):
+    """Base class of all heads.
+
+    Subclasses set ``head_type`` and implement :meth:`forward`.
+
+    Args:
+        model: the model the head belongs to (read for hidden size, dropout and weight init).
+        head_name: the head's name.
+        config: the head's config dict (``head_type`` is added).
+    """
+
+    head_type: str = ""
+
+    def __init__(self, model: nn.Module, head_name: str, config: dict[str, Any]):
+        super().__init__()
+        self.name = head_name
+        self.config = {"head_type": self.head_type, **config}
+        self.model_config = model.config
+        # decoder-only models summarise a sequence by its last real token, encoders by the first
+        self.reads_last_token = model._adapter_target.spec.decoder_only
+
+    @property
+    def hidden_size(self) -> int:
+        """The hidden size of the model the head sits on."""
+        return self.model_config.hidden_size
+
+    def build(self, model: nn.Module, out_features: int, layers: int, activation: str | None, bias: bool = True) -> None:
+        """Append the standard MLP layers and initialise them with the model's weight init."""
+        dropout = self._dropout_prob()
+        for _ in range(layers - 1):
+            self.append(nn.Dropout(dropout))
+            self.append(nn.Linear(self.hidden_size, self.hidden_size))
+            self.append(Activation(activation))
+        self.append(nn.Dropout(dropout))
+        self.append(nn.Linear(self.hidden_size, out_features, bias=bias))
+        self.apply(model._init_weights)
+        ref = next(model.parameters())
+        self.to(device=ref.device, dtype=ref.dtype)
+        self.train(model.training)
+
+    def _dropout_prob(self) -> float:
+        prob = self.config.get("dropout_prob")
+        if prob is None:
+            for key in ("classifier_dropout", "hidden_dropout_prob", "dropout", "resid_pdrop"):
+                value = getattr(self.model_config, key, None)
+                if isinstance(value, float):
+                    prob = value
+                    break
+        return prob or 0.0
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the head's layers on ``x``."""
+        return super().forward(x)
+
+    def prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Adjust the base model's inputs before the forward (e.g. flatten multiple-choice inputs)."""
+        return inputs
+
+    def get_label_names(self) -> list[str]:
+        """The names of the label inputs this head consumes (for the trainer)."""
+        return ["labels"]
+
+    def forward(self, outputs: Any, cls_output: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                return_dict: bool = True, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+        """Map the base model ``outputs`` to this head's output (subclasses implement it)."""
+        raise NotImplementedError
+
+
+def sequence_summary(model_config: Any, hidden: torch.Tensor, input_ids: torch.Tensor | None,
+                     attention_mask: torch.Tensor | None, use_last_token: bool) -> torch.Tensor:
+    """The per-sequence vector a sequence-level head reads.
+
+    Encoders use the first (CLS) token. Decoders use the last real token: the last position
+    whose ``attention_mask`` is 1 (correct for left and right padding); without a mask, the
+    last token that is not ``pad_token_id`` (AdapterHub's rule), else the last position.
+    """
+    if not use_last_token:
+        return hidden[:, 0]
+    batch = torch.arange(hidden.shape[0], device=hidden.device)
+    if attention_mask is not None:
+        positions = torch.arange(attention_mask.shape[-1], device=hidden.device)
+        last = (attention_mask.to(hidden.device).bool() * positions).argmax(-1)
+    elif input_ids is not None and getattr(model_config, "pad_token_id", None) is not None:
+        last = (input_ids != model_config.pad_token_id).sum(-1) - 1
+    else:
+        last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
+    return hidden[batch, last]

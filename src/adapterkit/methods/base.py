@@ -1,0 +1,110 @@
+"""The method plugin interface and registry.
+
+A method is a config class plus an `AdapterMethod` that knows where its modules attach (in terms
+of the architecture table), which composition blocks it supports, and how it merges. The model
+code looks methods up by ``config.method`` and never names one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from torch import nn
+
+from collections.abc import Container
+
+from ..composition import AdapterCompositionBlock, Stack
+from ..configs import AdapterConfig
+from ..context import ForwardContext
+from ..integration.target import ModelTarget
+
+LayerModules = dict[int, dict[str, nn.Module]]
+
+
+class AdapterMethod(ABC):
+    """How one adapter method attaches to a model.
+
+    Attributes:
+        name: registry key; configs name their method through ``config.method``.
+        config_class: the config class this method accepts.
+        supported_blocks: composition block types this method can run.
+        module_attribute: the ModuleDict attribute holding this method's per-adapter modules
+            (``"adapters"``, ``"loras"``); state-dict keys contain ``.<attribute>.<adapter name>.``.
+    """
+
+    name: str
+    config_class: type[AdapterConfig]
+    supported_blocks: tuple[type[AdapterCompositionBlock], ...] = (Stack,)
+    module_attribute: str
+
+    @abstractmethod
+    def add(self, target: ModelTarget, adapter_name: str, config: AdapterConfig) -> LayerModules:
+        """Create the modules of ``adapter_name`` in every layer not left out, and hook them in.
+
+        Returns:
+            ``{layer_idx: {location_key: module}}`` of the modules created.
+
+        Raises:
+            ValueError: if the config cannot apply to this architecture (naming why).
+        """
+
+    @abstractmethod
+    def delete(self, target: ModelTarget, adapter_name: str) -> None:
+        """Remove every module of ``adapter_name``, and the hooks no adapter needs any more."""
+
+    @abstractmethod
+    def modules(self, target: ModelTarget, adapter_name: str) -> LayerModules:
+        """``{layer_idx: {location_key: module}}`` of the modules of ``adapter_name``."""
+
+    def merge(self, target: ModelTarget, adapter_name: str) -> None:
+        """Fold ``adapter_name`` into the base weights.
+
+        Raises:
+            ValueError: if this method cannot be merged.
+        """
+        raise ValueError(f"adapters of method {self.name!r} cannot be merged into the model weights")
+
+    def reset(self, target: ModelTarget) -> None:
+        """Undo every merge of this method, restoring the base weights exactly."""
+
+
+def active_in_order(ctx: ForwardContext | None, present: Container[str], layer_idx: int) -> list[str]:
+    """Names of the adapters to run at one location, in setup order.
+
+    Args:
+        ctx: the current forward context (None: nothing runs).
+        present: the adapter names that have modules at this location.
+        layer_idx: the layer of this location (skipped layers run nothing).
+    """
+    if ctx is None or ctx.setup is None or layer_idx in ctx.skip_layers:
+        return []
+    return [name for name in ctx.setup.children if isinstance(name, str) and name in present]
+
+
+_METHODS: dict[str, AdapterMethod] = {}
+
+
+def register_method(method: AdapterMethod) -> AdapterMethod:
+    """Register ``method`` under ``method.name`` (replacing an earlier registration of that name)."""
+    _METHODS[method.name] = method
+    return method
+
+
+def method_for(config: AdapterConfig) -> AdapterMethod:
+    """The registered method that handles ``config``.
+
+    Raises:
+        ValueError: if no registered method handles it.
+    """
+    method = _METHODS.get(config.method)
+    if method is None:
+        raise ValueError(
+            f"no adapter method handles {type(config).__name__} (method {config.method!r}); "
+            f"registered: {sorted(_METHODS)}"
+        )
+    return method
+
+
+def registered_methods() -> list[AdapterMethod]:
+    """All registered methods."""
+    return list(_METHODS.values())

@@ -1,0 +1,325 @@
+"""`ModelAdaptersMixin`: adding, activating, training, merging, saving and loading adapters.
+
+Mixed into transformers model classes by `AutoAdapterModel` and `adapterkit.init`. transformers 5
+puts PEFT's ``add_adapter``/``load_adapter``/``active_adapters``/... on every `PreTrainedModel`;
+classes with this mixin own those names deliberately and give them AdapterHub's meaning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..composition import AdapterCompositionBlock, AdapterSetupSpec, parse_composition
+from ..configs import DEFAULT_ADAPTER_CONFIG, AdapterConfig
+from ..integration.architectures import ArchitectureSpec
+from ..integration.target import ModelTarget
+from ..methods import AdapterMethod, LayerModules, method_for, registered_methods
+from .adapters_config import ModelAdaptersConfig
+
+logger = logging.getLogger(__name__)
+
+
+class ModelAdaptersMixin:
+    """Adapter management for a transformers model (AdapterHub's API names and semantics).
+
+    The class it is mixed into must be a `PreTrainedModel`; `_init_adapters` must run once.
+    """
+
+    adapters_config: ModelAdaptersConfig
+    _adapter_target: ModelTarget
+
+    # ---- set-up ----------------------------------------------------------------------------
+    def _init_adapters(self, spec: ArchitectureSpec | None = None) -> None:
+        """Attach the adapter machinery and re-create adapters listed in ``config.adapters``."""
+        self.adapters_config = ModelAdaptersConfig()
+        self._adapter_target = ModelTarget(self.base_model, self._stored_setup, spec)  # type: ignore[attr-defined]
+        self._adapter_target.install_context_guards(self)  # type: ignore[arg-type]
+        self.model_frozen = False
+        saved = getattr(self.config, "adapters", None)  # type: ignore[attr-defined]
+        if isinstance(saved, Mapping):
+            for name, config in ModelAdaptersConfig.configs_from_dict(saved).items():
+                self.add_adapter(name, config)
+
+    def _stored_setup(self) -> tuple[AdapterCompositionBlock | None, frozenset[int]]:
+        return self.adapters_config.active_setup, self.adapters_config.skip_layers
+
+    # ---- add / delete ----------------------------------------------------------------------
+    def add_adapter(
+        self,
+        adapter_name: str,
+        config: AdapterConfig | Mapping[str, Any] | str | None = None,
+        overwrite_ok: bool = False,
+        set_active: bool = False,
+    ) -> None:
+        """Add a new adapter to every layer (except the config's ``leave_out``).
+
+        Args:
+            adapter_name: a name without ``.`` or ``,``.
+            config: a config, dict, alias, config string or JSON path; None means ``"seq_bn"``.
+            overwrite_ok: replace an existing adapter of that name instead of raising.
+            set_active: activate the new adapter.
+
+        Raises:
+            ValueError: for a bad or taken name, or a config this architecture cannot take. The
+                model is left unchanged.
+        """
+        _check_name(adapter_name)
+        resolved = AdapterConfig.load(config if config is not None else DEFAULT_ADAPTER_CONFIG)
+        method = method_for(resolved)
+        if adapter_name in self.adapters_config:
+            if not overwrite_ok:
+                raise ValueError(f"an adapter named {adapter_name!r} exists already; pass overwrite_ok=True to replace it")
+            self.delete_adapter(adapter_name)
+        try:
+            method.add(self._adapter_target, adapter_name, resolved)
+        except Exception:
+            method.delete(self._adapter_target, adapter_name)
+            raise
+        self.adapters_config.add(adapter_name, resolved)
+        if set_active:
+            self.set_active_adapters(adapter_name)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter and its modules (an unknown name is logged and ignored, as in AdapterHub)."""
+        config = self.adapters_config.get(adapter_name)
+        if config is None:
+            logger.warning("no adapter named %r to delete", adapter_name)
+            return
+        method_for(config).delete(self._adapter_target, adapter_name)
+        self.adapters_config.remove(adapter_name)
+
+    def has_adapters(self) -> bool:
+        """Whether the model has at least one adapter."""
+        return len(self.adapters_config) > 0
+
+    def get_adapter(self, name: str) -> LayerModules:
+        """``{layer_idx: {location_key: module}}`` of adapter ``name`` (empty if unknown)."""
+        config = self.adapters_config.get(name)
+        return method_for(config).modules(self._adapter_target, name) if config is not None else {}
+
+    def _adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        modules = [m for per_layer in self.get_adapter(name).values() for m in per_layer.values()]
+        return [p for m in modules for p in m.parameters()]
+
+    # ---- activation ------------------------------------------------------------------------
+    def set_active_adapters(self, adapter_setup: AdapterSetupSpec, skip_layers: list[int] | None = None) -> None:
+        """Make ``adapter_setup`` run in every forward (until changed); None deactivates all.
+
+        Merged LoRA/(IA)^3 weights are reset first, as in AdapterHub.
+
+        Args:
+            adapter_setup: a name, list of names or composition block.
+            skip_layers: layer ids in which no adapter runs (AdapterDrop at inference).
+
+        Raises:
+            ValueError: for an unknown adapter or a block a method cannot run, naming both.
+        """
+        setup = parse_composition(adapter_setup)
+        self.validate_setup(setup)
+        self.reset_adapter()
+        self.adapters_config.active_setup = setup
+        self.adapters_config.skip_layers = frozenset(skip_layers or ())
+
+    def validate_setup(self, setup: AdapterCompositionBlock | None) -> None:
+        """Check that every adapter in ``setup`` exists and its method supports the blocks it sits in.
+
+        Raises:
+            ValueError: naming the adapter, the block and what is allowed.
+        """
+        if setup is None:
+            return
+        for name in setup.flatten():
+            config = self.adapters_config.get(name)
+            if config is None:
+                raise ValueError(f"no adapter named {name!r}; this model has {sorted(self.adapters_config)}")
+            method = method_for(config)
+            if not isinstance(setup, method.supported_blocks):
+                allowed = [b.__name__ for b in method.supported_blocks]
+                raise ValueError(
+                    f"adapter {name!r} ({method.name}) cannot run inside {type(setup).__name__}; allowed: {allowed}"
+                )
+
+    @property
+    def active_adapters(self) -> AdapterCompositionBlock | None:
+        """The stored active setup (AdapterHub's property; replaces transformers' PEFT method)."""
+        return self.adapters_config.active_setup
+
+    @active_adapters.setter
+    def active_adapters(self, adapter_setup: AdapterSetupSpec) -> None:
+        self.set_active_adapters(adapter_setup)
+
+    # ---- training --------------------------------------------------------------------------
+    def freeze_model(self, freeze: bool = True) -> None:
+        """Freeze (or unfreeze) every parameter of the base model, adapters included."""
+        for param in self.base_model.parameters():  # type: ignore[attr-defined]
+            param.requires_grad = not freeze
+        self.model_frozen = freeze
+
+    def train_adapter(self, adapter_setup: AdapterSetupSpec, train_embeddings: bool = False) -> None:
+        """Put the model in training mode with only the adapters of ``adapter_setup`` trainable.
+
+        The base model and other adapters are frozen; the setup becomes active.
+
+        Args:
+            adapter_setup: the adapters to train.
+            train_embeddings: also train the input embeddings.
+
+        Raises:
+            ValueError: as `set_active_adapters`.
+        """
+        setup = parse_composition(adapter_setup)
+        self.validate_setup(setup)
+        self.train()  # type: ignore[attr-defined]
+        self.freeze_model(True)
+        for name in setup.flatten() if setup is not None else ():
+            for param in self._adapter_parameters(name):
+                param.requires_grad = True
+        if train_embeddings:
+            for param in self.get_input_embeddings().parameters():  # type: ignore[attr-defined]
+                param.requires_grad = True
+        self.set_active_adapters(setup)
+
+    # ---- merging ---------------------------------------------------------------------------
+    def merge_adapter(self, name: str) -> None:
+        """Fold adapter ``name`` into the base weights so it costs nothing at inference.
+
+        Raises:
+            ValueError: for an unknown adapter, a method that cannot merge, or a projection that
+                already holds another merged adapter.
+        """
+        config = self.adapters_config.get(name)
+        if config is None:
+            raise ValueError(f"no adapter named {name!r}; this model has {sorted(self.adapters_config)}")
+        method_for(config).merge(self._adapter_target, name)
+
+    def reset_adapter(self) -> None:
+        """Undo every merge, restoring the original base weights exactly."""
+        for method in registered_methods():
+            method.reset(self._adapter_target)
+
+    # ---- devices and summary ---------------------------------------------------------------
+    def adapter_to(self, name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        """Move and/or cast every module of adapter ``name``."""
+        for per_layer in self.get_adapter(name).values():
+            for module in per_layer.values():
+                module.to(device=device, dtype=dtype)
+
+    def adapter_summary(self, as_dict: bool = False) -> str | list[dict[str, Any]]:
+        """A table of adapters: name, method, parameter count, share of the base model, active, trainable.
+
+        Args:
+            as_dict: return the rows as dicts instead of a formatted table.
+        """
+        adapter_param_ids: set[int] = set()
+        rows: list[dict[str, Any]] = []
+        active = self.adapters_config.active_setup.flatten() if self.adapters_config.active_setup else frozenset()
+        for name, config in self.adapters_config.adapters.items():
+            params = self._adapter_parameters(name)
+            adapter_param_ids.update(id(p) for p in params)
+            rows.append(
+                {
+                    "name": name,
+                    "architecture": method_for(config).name,
+                    "#param": sum(p.numel() for p in params),
+                    "active": name in active,
+                    "train": any(p.requires_grad for p in params),
+                }
+            )
+        base = sum(p.numel() for p in self.base_model.parameters() if id(p) not in adapter_param_ids)  # type: ignore[attr-defined]
+        for row in rows:
+            row["%param"] = 100.0 * row["#param"] / base
+        rows.append({"name": "Full model", "architecture": "", "#param": base, "%param": 100.0, "active": "", "train": any(
+            p.requires_grad for p in self.base_model.parameters() if id(p) not in adapter_param_ids  # type: ignore[attr-defined]
+        )})
+        if as_dict:
+            return rows
+        header = f"{'Name':<20}{'Architecture':<14}{'#Param':>12}{'%Param':>10}{'Active':>8}{'Train':>7}"
+        lines = [header, "-" * len(header)]
+        for r in rows:
+            lines.append(
+                f"{r['name']:<20}{r['architecture']:<14}{r['#param']:>12,}{r['%param']:>10.3f}{str(r['active']):>8}"
+                f"{str(r['train']):>7}"
+            )
+        return "\n".join(lines)
+
+    # ---- persistence -----------------------------------------------------------------------
+    def save_adapter(self, save_directory: str | os.PathLike, adapter_name: str, meta_dict: dict | None = None,
+                     use_safetensors: bool = True, with_head: bool = True) -> None:
+        """Write ``adapter_config.json`` and the adapter weights to ``save_directory``.
+
+        Args:
+            save_directory: the folder (created if missing).
+            adapter_name: the adapter to save.
+            meta_dict: extra keys for ``adapter_config.json``.
+            use_safetensors: write ``adapter.safetensors`` (default) instead of ``pytorch_adapter.bin``.
+            with_head: also save the head of the same name, if the model has flexible heads.
+
+        Raises:
+            ValueError: for an unknown adapter.
+        """
+        from ..io.adapter_io import save_adapter
+
+        save_adapter(self, save_directory, adapter_name, meta_dict=meta_dict, use_safetensors=use_safetensors,
+                     with_head=with_head)
+
+    def load_adapter(
+        self,
+        adapter_name_or_path: str | os.PathLike,
+        load_as: str | None = None,
+        set_active: bool = False,
+        leave_out: list[int] | None = None,
+        loading_info: dict | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Load an adapter saved by adapterkit or AdapterHub from a local folder.
+
+        Args:
+            adapter_name_or_path: folder holding ``adapter_config.json`` and the weights.
+            load_as: the name to give it (default: the saved name).
+            set_active: activate it after loading.
+            leave_out: extra layer ids to leave out (added to the saved ``leave_out``).
+            loading_info: a dict that receives ``missing_keys`` and ``unexpected_keys``.
+            **kwargs: ``with_head`` (default True: also load a saved head, for flexible-head models)
+                and ``id2label`` (override the head's labels).
+
+        Returns:
+            The loaded adapter's name.
+
+        Raises:
+            FileNotFoundError, ValueError: for a missing folder or files, a corrupt file, a
+                model-type or hidden-size mismatch, or weights that do not fit; the model is left
+                as it was.
+        """
+        from ..io.adapter_io import load_adapter
+
+        return load_adapter(self, adapter_name_or_path, load_as=load_as, set_active=set_active, leave_out=leave_out,
+                            loading_info=loading_info, **kwargs)
+
+    def save_all_adapters(self, save_directory: str | os.PathLike, meta_dict: dict | None = None,
+                          use_safetensors: bool = True, with_head: bool = True) -> None:
+        """Save every adapter into its own sub-folder of ``save_directory``."""
+        from ..configs import config_hash
+
+        for name, config in self.adapters_config.adapters.items():
+            meta = {"config_id": config_hash(config), **(meta_dict or {})}
+            self.save_adapter(os.path.join(save_directory, name), name, meta_dict=meta, use_safetensors=use_safetensors,
+                              with_head=with_head)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """transformers' ``save_pretrained``, with the adapters recorded in ``config.json["adapters"]``."""
+        self.config.adapters = self.adapters_config.to_dict()  # type: ignore[attr-defined]
+        super().save_pretrained(save_directory, **kwargs)  # type: ignore[misc]
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name or any(c in name for c in ".,|[] "):
+        raise ValueError(f"adapter name {name!r} is not allowed; use a non-empty name without '.', ',', '|', '[', ']' or spaces")
+
+
+__all__ = ["AdapterMethod", "ModelAdaptersMixin"]
