@@ -27,6 +27,16 @@ from .model import AutoAdapterModel, ModelAdaptersConfig, ModelAdaptersMixin, in
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """Import `AdapterTrainer` on first use (keeps ``import adapterkit`` free of transformers' Trainer)."""
+    if name == "AdapterTrainer":
+        from .training import AdapterTrainer
+
+        return AdapterTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ADAPTER_CONFIG_MAP",
     "DEFAULT_ADAPTER_CONFIG",
@@ -34,6 +44,7 @@ __all__ = [
     "AdapterConfig",
     "AdapterMethod",
     "AdapterSetup",
+    "AdapterTrainer",
     "ArchitectureSpec",
     "AutoAdapterModel",
     "BnConfig",

@@ -41,7 +41,8 @@ class PredictionHead(nn.Sequential):
         """The hidden size of the model the head sits on."""
         return self.model_config.hidden_size
 
-    def build(self, model: nn.Module, out_features: int, layers: int, activation: str | None, bias: bool = True) -> None:
+    def build(self, model: nn.Module, out_features: int, layers: int, activation: str | None,
+              bias: bool = True) -> None:
         """Append the standard MLP layers and initialise them with the model's weight init."""
         dropout = self._dropout_prob()
         for _ in range(layers - 1):
@@ -77,8 +78,8 @@ class PredictionHead(nn.Sequential):
         """The names of the label inputs this head consumes (for the trainer)."""
         return ["labels"]
 
-    def forward(self, outputs: Any, cls_output: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                return_dict: bool = True, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+    def forward(self, outputs: Any, cls_output: torch.Tensor | None = None,  # pragma: no cover - abstract
+                attention_mask: torch.Tensor | None = None, return_dict: bool = True, **kwargs: Any) -> Any:
         """Map the base model ``outputs`` to this head's output (subclasses implement it)."""
         raise NotImplementedError
 

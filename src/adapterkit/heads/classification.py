@@ -58,8 +58,9 @@ class ClassificationHead(PredictionHead):
             return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).squeeze(-1))
         return nn.functional.cross_entropy(logits.view(-1, self.config["num_labels"]), labels.view(-1))
 
-    def forward(self, outputs: Any, cls_output: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                return_dict: bool = True, labels: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+    def forward(self, outputs: Any, cls_output: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, return_dict: bool = True,
+                labels: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
         """Logits (and loss when ``labels`` are given) as a `SequenceClassifierOutput`."""
         logits = self._logits(outputs, cls_output, input_ids, attention_mask)

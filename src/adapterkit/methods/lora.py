@@ -179,12 +179,16 @@ def _lora_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Te
     if not names or names == [state["merged"]]:
         return None
     x = args[0]
+    scaled, added = output, None
     for name in names:
         if name == state["merged"]:
             continue
         lora = loras[name]
-        output = output * lora.factor(x) if isinstance(lora, IA3) else output + lora.delta(x)
-    return output
+        if isinstance(lora, IA3):
+            scaled = scaled * lora.factor(x)
+        else:
+            added = lora.delta(x) if added is None else added + lora.delta(x)
+    return scaled if added is None else scaled + added
 
 
 class LoRAMethod(AdapterMethod):

