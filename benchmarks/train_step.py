@@ -353,10 +353,10 @@ def report(results: dict[str, Any]) -> str:
         delta = f"{mm['train_delta_mb']:.0f}" if mm else "-"
         lines.append(f"{c:<10}{t['median_s']:>10.3f}{t['min_s']:>8.3f}{t['p25_s']:>7.3f}-{t['p75_s']:.3f}"
                      f"{t['cpu_median_s']:>8.3f}{pc['trainable']:>12,}{pc['share_pct']:>7.2f}%{peak:>14}{delta:>12}")
-    lines.append("  CPU s = median process CPU time (both threads); trainable = adapter + classification head")
-    lines.append("  (full: every parameter); share = trainable / all parameters of that model;")
-    lines.append("  peak RSS = ru_maxrss of a fresh subprocess running only that config; train +MiB = peak minus")
-    lines.append("  the peak after import + load + setup in that subprocess")
+    lines.append("  CPU s = median process CPU time (both threads); trainable = adapter + classification")
+    lines.append("  head (full: every parameter); share = trainable / all parameters of that model;")
+    lines.append("  peak RSS = ru_maxrss of a fresh subprocess running only that config;")
+    lines.append("  train +MiB = peak minus the peak after import + load + setup in that subprocess")
     for c in ("seq_bn", "lora"):
         pc = results["params"][c]
         lines.append(f"  {c}: adapter {pc['trainable_excl_head']:,} + head {pc['trainable_head']:,} "

@@ -7,8 +7,17 @@ import pytest
 from adapterkit.composition import AdapterCompositionBlock, Stack, parse_composition
 
 
-@pytest.mark.parametrize("spec, expected", [("a", Stack("a")), ("a,b", Stack("a", "b")), (["a", "b"], Stack("a", "b")),
-                                            (None, None), ("", None), ([], None)])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("a", Stack("a")),
+        ("a,b", Stack("a", "b")),
+        (["a", "b"], Stack("a", "b")),
+        (None, None),
+        ("", None),
+        ([], None),
+    ],
+)
 def test_parse(spec, expected):
     assert parse_composition(spec) == expected
 
@@ -22,8 +31,10 @@ def test_block_queries():
 def test_round_trip_dict():
     block = Stack("lang", "task")
     data = block.to_dict()
-    assert data == {"type": "Stack", "children": [{"type": "single", "children": ["lang"]},
-                                                  {"type": "single", "children": ["task"]}]}
+    assert data == {
+        "type": "Stack",
+        "children": [{"type": "single", "children": ["lang"]}, {"type": "single", "children": ["task"]}],
+    }
     assert AdapterCompositionBlock.from_dict(data) == block
 
 

@@ -6,10 +6,10 @@ import asyncio
 import threading
 
 import torch
-from tiny import randomize, tiny_inputs, tiny_model
 
 from adapterkit import AdapterSetup, Stack
 from adapterkit.context import ForwardContext
+from tiny import randomize, tiny_inputs, tiny_model
 
 
 def test_adapter_setup_nests_and_resets():

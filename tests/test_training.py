@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import randomize
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
 import adapterkit
 from adapterkit import AutoAdapterModel, Stack
 from adapterkit.training import EXTRA_TRAINABLE_NAME, AdapterTrainer, load_adapter_checkpoint
+from tiny import randomize
 
 FULL_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 

@@ -70,7 +70,8 @@ class AdapterCompositionBlock(Sequence):
         return {
             "type": type(self).__name__,
             "children": [
-                {"type": "single", "children": [c]} if isinstance(c, str) else c.to_dict() for c in self.children
+                {"type": "single", "children": [c]} if isinstance(c, str) else c.to_dict()
+                for c in self.children
             ],
         }
 
@@ -116,13 +117,17 @@ def parse_composition(setup: AdapterSetupSpec) -> AdapterCompositionBlock | None
     if setup is None or (isinstance(setup, (str, Sequence)) and len(setup) == 0):
         return None
     if isinstance(setup, str):
-        block: AdapterCompositionBlock = Stack(*[s.strip() for s in setup.split(",")]) if "," in setup else Stack(setup)
+        block: AdapterCompositionBlock = (
+            Stack(*[s.strip() for s in setup.split(",")]) if "," in setup else Stack(setup)
+        )
     elif isinstance(setup, AdapterCompositionBlock):
         block = setup
     elif isinstance(setup, Sequence):
         block = Stack(*setup)
     else:
-        raise TypeError(f"an adapter setup must be a name, a list of names or a block, got {type(setup).__name__}")
+        raise TypeError(
+            f"an adapter setup must be a name, a list of names or a block, got {type(setup).__name__}"
+        )
     _validate_nesting(block)
     return block
 
@@ -135,8 +140,6 @@ def _validate_nesting(block: AdapterCompositionBlock) -> None:
         kind: type | str = "str" if isinstance(child, str) else type(child)
         if kind not in allowed:
             names = [a if isinstance(a, str) else a.__name__ for a in allowed]
-            raise ValueError(
-                f"{type(block).__name__} cannot contain {child!r}; allowed children: {names}"
-            )
+            raise ValueError(f"{type(block).__name__} cannot contain {child!r}; allowed children: {names}")
         if isinstance(child, AdapterCompositionBlock):
             _validate_nesting(child)

@@ -30,7 +30,9 @@ class AdapterSetup:
         ignore_empty: with an empty ``adapter_setup``, do nothing instead of deactivating adapters.
     """
 
-    def __init__(self, adapter_setup: AdapterSetupSpec, head_setup: str | None = None, ignore_empty: bool = False):
+    def __init__(
+        self, adapter_setup: AdapterSetupSpec, head_setup: str | None = None, ignore_empty: bool = False
+    ):
         self.adapter_setup: AdapterCompositionBlock | None = parse_composition(adapter_setup)
         if head_setup is None and self.adapter_setup is not None:
             head_setup = self.adapter_setup.last()

@@ -37,8 +37,15 @@ def test_hash_matches_adapterhub(alias):
 
 @pytest.mark.parametrize(
     "alias, cls",
-    [("seq_bn", SeqBnConfig), ("pfeiffer", SeqBnConfig), ("double_seq_bn", DoubleSeqBnConfig),
-     ("houlsby", DoubleSeqBnConfig), ("par_bn", ParBnConfig), ("lora", LoRAConfig), ("ia3", IA3Config)],
+    [
+        ("seq_bn", SeqBnConfig),
+        ("pfeiffer", SeqBnConfig),
+        ("double_seq_bn", DoubleSeqBnConfig),
+        ("houlsby", DoubleSeqBnConfig),
+        ("par_bn", ParBnConfig),
+        ("lora", LoRAConfig),
+        ("ia3", IA3Config),
+    ],
 )
 def test_alias_resolves_to_class(alias, cls):
     assert type(AdapterConfig.load(alias)) is cls
@@ -67,8 +74,15 @@ def test_config_string_with_values():
     assert (config.r, config.alpha, config.attn_matrices) == (16, 32, ["q", "k", "v"])
 
 
-@pytest.mark.parametrize("spec, error", [("nope", ValueError), ("seq_bn[reduction_factor=8", ValueError),
-                                         ("seq_bn[bogus=1]", TypeError), ("seq_bn[reduction_factor=x]", ValueError)])
+@pytest.mark.parametrize(
+    "spec, error",
+    [
+        ("nope", ValueError),
+        ("seq_bn[reduction_factor=8", ValueError),
+        ("seq_bn[bogus=1]", TypeError),
+        ("seq_bn[reduction_factor=x]", ValueError),
+    ],
+)
 def test_bad_config_strings(spec, error):
     with pytest.raises(error):
         AdapterConfig.load(spec)
@@ -107,16 +121,18 @@ def test_to_dict_layout_matches_adapterhub():
 
 @pytest.mark.parametrize(
     "factory, key",
-    [(lambda: SeqBnConfig(reduction_factor=0), "reduction_factor"),
-     (lambda: SeqBnConfig(non_linearity=3), "non_linearity"),
-     (lambda: SeqBnConfig(init_weights="xavier"), "init_weights"),
-     (lambda: SeqBnConfig(scaling="huge"), "scaling"),
-     (lambda: SeqBnConfig(residual_before_ln="yes"), "residual_before_ln"),
-     (lambda: LoRAConfig(r=0), "r"),
-     (lambda: LoRAConfig(attn_matrices=["q", "o"]), "attn_matrices"),
-     (lambda: LoRAConfig(composition_mode="mul"), "composition_mode"),
-     (lambda: IA3Config(r=2), "r"),
-     (lambda: IA3Config(dropout=0.1), "dropout")],
+    [
+        (lambda: SeqBnConfig(reduction_factor=0), "reduction_factor"),
+        (lambda: SeqBnConfig(non_linearity=3), "non_linearity"),
+        (lambda: SeqBnConfig(init_weights="xavier"), "init_weights"),
+        (lambda: SeqBnConfig(scaling="huge"), "scaling"),
+        (lambda: SeqBnConfig(residual_before_ln="yes"), "residual_before_ln"),
+        (lambda: LoRAConfig(r=0), "r"),
+        (lambda: LoRAConfig(attn_matrices=["q", "o"]), "attn_matrices"),
+        (lambda: LoRAConfig(composition_mode="mul"), "composition_mode"),
+        (lambda: IA3Config(r=2), "r"),
+        (lambda: IA3Config(dropout=0.1), "dropout"),
+    ],
 )
 def test_invalid_values_name_the_key(factory, key):
     with pytest.raises(ValueError, match=key):

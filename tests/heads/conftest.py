@@ -17,10 +17,25 @@ HIDDEN = 32
 
 def _config(kind: str, **overrides: Any) -> Any:
     if kind == "bert":
-        return BertConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
-                          intermediate_size=37, vocab_size=VOCAB, **overrides)
-    return GPT2Config(n_embd=HIDDEN, n_layer=2, n_head=4, n_inner=37, vocab_size=VOCAB, n_positions=64,
-                      bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1, **overrides)
+        return BertConfig(
+            hidden_size=HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            vocab_size=VOCAB,
+            **overrides,
+        )
+    return GPT2Config(
+        n_embd=HIDDEN,
+        n_layer=2,
+        n_head=4,
+        n_inner=37,
+        vocab_size=VOCAB,
+        n_positions=64,
+        bos_token_id=VOCAB - 1,
+        eos_token_id=VOCAB - 1,
+        **overrides,
+    )
 
 
 @pytest.fixture

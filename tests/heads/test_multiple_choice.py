@@ -9,8 +9,14 @@ from adapterkit.heads import MultipleChoiceHead
 def test_prepare_inputs_flattens_choice_tensors_and_remembers_count(bert):
     head = MultipleChoiceHead(bert, "mc", num_choices=2)
     ids = torch.zeros(2, 4, 5, dtype=torch.long)
-    prepared = head.prepare_inputs({"input_ids": ids, "attention_mask": torch.ones(2, 4, 5),
-                                    "inputs_embeds": None, "output_attentions": True})
+    prepared = head.prepare_inputs(
+        {
+            "input_ids": ids,
+            "attention_mask": torch.ones(2, 4, 5),
+            "inputs_embeds": None,
+            "output_attentions": True,
+        }
+    )
     assert prepared["input_ids"].shape == prepared["attention_mask"].shape == (8, 5)
     assert prepared["inputs_embeds"] is None and prepared["output_attentions"] is True
     assert head._input_choices == 4
@@ -19,8 +25,12 @@ def test_prepare_inputs_flattens_choice_tensors_and_remembers_count(bert):
 def test_logits_per_choice_and_loss_backpropagates(bert):
     bert.add_multiple_choice_head("swag", num_choices=3)
     ids = torch.randint(1, 99, (2, 3, 6))
-    out = bert(ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids),
-               labels=torch.tensor([0, 2]))
+    out = bert(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        token_type_ids=torch.zeros_like(ids),
+        labels=torch.tensor([0, 2]),
+    )
     assert isinstance(out, MultipleChoiceModelOutput)
     assert out.logits.shape == (2, 3)
     assert torch.isfinite(out.loss)

@@ -26,8 +26,10 @@ def test_label_names_are_span_positions(bert):
 def test_loss_is_mean_of_ces_and_ignores_positions_past_the_sequence():
     start, end = torch.randn(2, 5), torch.randn(2, 5)
     start_pos, end_pos = torch.tensor([1, 4]), torch.tensor([2, 9])  # 9 is outside: clamped to 5, ignored
-    expected = (torch.nn.functional.cross_entropy(start, start_pos)
-                + torch.nn.functional.cross_entropy(end[:1], end_pos[:1])) / 2
+    expected = (
+        torch.nn.functional.cross_entropy(start, start_pos)
+        + torch.nn.functional.cross_entropy(end[:1], end_pos[:1])
+    ) / 2
     torch.testing.assert_close(QuestionAnsweringHead.loss(start, end, start_pos, end_pos), expected)
     assert end_pos.tolist() == [2, 9]  # the caller's tensor is not clamped in place
 

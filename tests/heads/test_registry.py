@@ -5,13 +5,16 @@ import pytest
 from adapterkit.heads import HEAD_TYPES
 
 
-@pytest.mark.parametrize("add, kwargs", [
-    ("add_tagging_head", {"num_labels": 3}),
-    ("add_qa_head", {}),
-    ("add_multiple_choice_head", {"num_choices": 4}),
-    ("add_masked_lm_head", {}),
-    ("add_causal_lm_head", {}),
-])
+@pytest.mark.parametrize(
+    "add, kwargs",
+    [
+        ("add_tagging_head", {"num_labels": 3}),
+        ("add_qa_head", {}),
+        ("add_multiple_choice_head", {"num_choices": 4}),
+        ("add_masked_lm_head", {}),
+        ("add_causal_lm_head", {}),
+    ],
+)
 def test_head_rebuilds_from_its_config(bert, add, kwargs):
     getattr(bert, add)("a", **kwargs)
     config = bert.config.prediction_heads["a"]

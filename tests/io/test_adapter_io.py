@@ -8,9 +8,15 @@ import pickle
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import randomize, tiny_inputs, tiny_model
 
-from adapterkit.io import CONFIG_NAME, HEAD_CONFIG_NAME, HEAD_SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME
+from adapterkit.io import (
+    CONFIG_NAME,
+    HEAD_CONFIG_NAME,
+    HEAD_SAFE_WEIGHTS_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+)
+from tiny import randomize, tiny_inputs, tiny_model
 
 
 def _trained(arch="bert", config="seq_bn"):
@@ -30,17 +36,37 @@ def _logits(model, **kwargs):
 def test_file_layout_and_json_schema(tmp_path):
     model = _trained()
     model.save_adapter(tmp_path, "a")
-    assert {p.name for p in tmp_path.iterdir()} == {CONFIG_NAME, SAFE_WEIGHTS_NAME, HEAD_CONFIG_NAME,
-                                                   HEAD_SAFE_WEIGHTS_NAME}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        CONFIG_NAME,
+        SAFE_WEIGHTS_NAME,
+        HEAD_CONFIG_NAME,
+        HEAD_SAFE_WEIGHTS_NAME,
+    }
     meta = json.loads((tmp_path / CONFIG_NAME).read_text())
-    assert set(meta) == {"config", "hidden_size", "model_class", "model_name", "model_type", "name", "version"}
+    assert set(meta) == {
+        "config",
+        "hidden_size",
+        "model_class",
+        "model_name",
+        "model_type",
+        "name",
+        "version",
+    }
     assert (meta["model_class"], meta["model_type"], meta["name"], meta["hidden_size"]) == (
-        "BertAdapterModel", "bert", "a", 32)
+        "BertAdapterModel",
+        "bert",
+        "a",
+        32,
+    )
     keys = set(load_file(tmp_path / SAFE_WEIGHTS_NAME))
     assert "bert.encoder.layer.0.output.adapters.a.adapter_down.0.weight" in keys
     assert all(".adapters.a." in k for k in keys)
-    assert set(load_file(tmp_path / HEAD_SAFE_WEIGHTS_NAME)) == {"heads.a.1.weight", "heads.a.1.bias",
-                                                                  "heads.a.4.weight", "heads.a.4.bias"}
+    assert set(load_file(tmp_path / HEAD_SAFE_WEIGHTS_NAME)) == {
+        "heads.a.1.weight",
+        "heads.a.1.bias",
+        "heads.a.4.weight",
+        "heads.a.4.bias",
+    }
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "distilbert"])
@@ -105,8 +131,12 @@ def test_adapter_moves_between_adapter_model_and_plain_model(tmp_path):
     plain.load_state_dict(model.bert.state_dict(), strict=False)
     plain.load_adapter(tmp_path, set_active=True)
     with torch.no_grad():
-        torch.testing.assert_close(plain(**tiny_inputs()).last_hidden_state,
-                                   model.bert(**tiny_inputs()).last_hidden_state, atol=0, rtol=0)
+        torch.testing.assert_close(
+            plain(**tiny_inputs()).last_hidden_state,
+            model.bert(**tiny_inputs()).last_hidden_state,
+            atol=0,
+            rtol=0,
+        )
 
 
 def _state(model):
@@ -115,12 +145,26 @@ def _state(model):
 
 def _unchanged(model, before, adapters):
     after = model.state_dict()
-    return set(model.adapters_config) == adapters and after.keys() == before.keys() and all(
-        torch.equal(after[k], before[k]) for k in before)
+    return (
+        set(model.adapters_config) == adapters
+        and after.keys() == before.keys()
+        and all(torch.equal(after[k], before[k]) for k in before)
+    )
 
 
-@pytest.mark.parametrize("corrupt", ["config_json", "weights", "missing_weights", "hidden_size", "model_type",
-                                     "missing_key", "unexpected_key", "shape"])
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        "config_json",
+        "weights",
+        "missing_weights",
+        "hidden_size",
+        "model_type",
+        "missing_key",
+        "unexpected_key",
+        "shape",
+    ],
+)
 def test_failed_load_leaves_model_as_it_was(tmp_path, corrupt):
     model = _trained()
     model.save_adapter(tmp_path, "a")

@@ -13,8 +13,16 @@ from adapterkit import AutoAdapterModel
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "golden"
 ARCHS = ["bert", "roberta", "distilbert", "gpt2", "llama"]
-METHODS = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "lora", "ia3", "seq_bn_safetensors",
-           "lora_safetensors"]
+METHODS = [
+    "seq_bn",
+    "double_seq_bn",
+    "par_bn",
+    "scaled_par_bn",
+    "lora",
+    "ia3",
+    "seq_bn_safetensors",
+    "lora_safetensors",
+]
 
 
 @pytest.mark.parametrize("arch", ARCHS)

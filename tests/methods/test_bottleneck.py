@@ -54,8 +54,16 @@ def test_parallel_reads_sub_block_input():
 
 
 def test_layer_norms_gating_and_key_layout():
-    config = BnConfig(mh_adapter=False, output_adapter=True, reduction_factor=2, non_linearity="relu",
-                      ln_before=True, ln_after=True, use_gating=True, adapter_residual_before_ln=True)
+    config = BnConfig(
+        mh_adapter=False,
+        output_adapter=True,
+        reduction_factor=2,
+        non_linearity="relu",
+        ln_before=True,
+        ln_after=True,
+        use_gating=True,
+        adapter_residual_before_ln=True,
+    )
     a = _adapter(config)
     assert isinstance(a.adapter_down[0], nn.LayerNorm) and isinstance(a.adapter_down[1], nn.Linear)
     gate = torch.sigmoid(a.gate(H)).mean(dim=1, keepdim=True)
@@ -68,8 +76,10 @@ def test_learned_scaling_is_a_parameter(scaling, shape):
     assert isinstance(a.scaling, nn.Parameter) and a.scaling.shape == shape
 
 
-@pytest.mark.parametrize("key, value", [("original_ln_after", False), ("phm_layer", True),
-                                        ("inv_adapter", "nice"), ("stochastic_depth", 0.1)])
+@pytest.mark.parametrize(
+    "key, value",
+    [("original_ln_after", False), ("phm_layer", True), ("inv_adapter", "nice"), ("stochastic_depth", 0.1)],
+)
 def test_unavailable_options_are_refused_at_add(bert, key, value):
     with pytest.raises(ValueError, match=key):
         bert.add_adapter("a", config=SeqBnConfig(**{key: value}))

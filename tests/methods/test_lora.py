@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from tiny import randomize, tiny_model
 from torch import nn
 
 from adapterkit import ForwardContext, Stack
 from adapterkit.configs import IA3Config, LoRAConfig
 from adapterkit.methods.lora import IA3, LoRA
+from tiny import randomize, tiny_model
 
 
 def _rand(module: nn.Module) -> nn.Module:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import randomize, tiny_inputs, tiny_model
 from transformers import BertForSequenceClassification, BertModel
 
 import adapterkit
 from adapterkit import AutoAdapterModel, Stack
+from tiny import randomize, tiny_inputs, tiny_model
 
 
 def test_add_duplicate_and_overwrite(bert):
@@ -16,7 +16,9 @@ def test_add_duplicate_and_overwrite(bert):
     with pytest.raises(ValueError, match="exists already"):
         bert.add_adapter("a")
     bert.add_adapter("a", config="lora", overwrite_ok=True)
-    assert bert.adapters_config.get("a").method == "lora" and not bert.get_adapter("a")[0].get("output_adapter")
+    assert bert.adapters_config.get("a").method == "lora" and not bert.get_adapter("a")[0].get(
+        "output_adapter"
+    )
 
 
 @pytest.mark.parametrize("name", ["", "a.b", "a,b", "a b"])
@@ -65,7 +67,9 @@ def test_train_adapter_freezes_all_but_adapter_and_its_head(bert):
     trainable = {n for n, p in bert.named_parameters() if p.requires_grad}
     assert trainable and all(".adapters.a." in n or n.startswith("heads.a.") for n in trainable)
     assert any(n.startswith("heads.a.") for n in trainable)
-    assert bert.training and bert.model_frozen and bert.active_adapters == Stack("a") and bert.active_head == "a"
+    assert (
+        bert.training and bert.model_frozen and bert.active_adapters == Stack("a") and bert.active_head == "a"
+    )
 
 
 def test_train_adapter_step_changes_only_adapter_and_head(bert):
@@ -98,7 +102,9 @@ def test_adapter_summary(bert):
     bert.set_active_adapters("a")
     rows = bert.adapter_summary(as_dict=True)
     by_name = {r["name"]: r for r in rows}
-    a_params = sum(p.numel() for m in bert.get_adapter("a").values() for x in m.values() for p in x.parameters())
+    a_params = sum(
+        p.numel() for m in bert.get_adapter("a").values() for x in m.values() for p in x.parameters()
+    )
     assert by_name["a"]["#param"] == a_params and by_name["a"]["active"] and not by_name["l"]["active"]
     assert by_name["l"]["architecture"] == "lora"
     assert by_name["Full model"]["#param"] == sum(p.numel() for p in BertModel(bert.config).parameters())
@@ -108,8 +114,12 @@ def test_adapter_summary(bert):
 def test_adapter_to_casts_only_that_adapter(bert):
     bert.add_adapter("a")
     bert.adapter_to("a", dtype=torch.float64)
-    assert all(p.dtype == torch.float64 for m in bert.get_adapter("a").values() for x in m.values()
-               for p in x.parameters())
+    assert all(
+        p.dtype == torch.float64
+        for m in bert.get_adapter("a").values()
+        for x in m.values()
+        for p in x.parameters()
+    )
     assert bert.bert.embeddings.word_embeddings.weight.dtype == torch.float32
 
 
@@ -147,7 +157,10 @@ def test_init_plain_model_and_static_head():
     model.add_adapter("a", config="lora", set_active=True)
     randomize(model, "a")
     model.train_adapter("a")
-    assert model.classifier.weight.requires_grad and not model.bert.embeddings.word_embeddings.weight.requires_grad
+    assert (
+        model.classifier.weight.requires_grad
+        and not model.bert.embeddings.word_embeddings.weight.requires_grad
+    )
     model.eval()
     with torch.no_grad():
         assert not torch.allclose(model(**tiny_inputs()).logits, base)
@@ -168,18 +181,31 @@ def test_init_custom_architecture_entry():
     spec = adapterkit.ArchitectureSpec(
         model_type="t5",
         layers="encoder.block",
-        attention=adapterkit.SubBlock(output="layer.0.SelfAttention.o", residual_input="layer.0",
-                                      layer_norm=None, adapter_host="attention_adapters"),
-        ffn=adapterkit.SubBlock(output="layer.1.DenseReluDense", residual_input="layer.1", layer_norm=None,
-                                adapter_host="output_adapters"),
-        attn_projections={"q": "layer.0.SelfAttention.q", "k": "layer.0.SelfAttention.k",
-                          "v": "layer.0.SelfAttention.v"},
+        attention=adapterkit.SubBlock(
+            output="layer.0.SelfAttention.o",
+            residual_input="layer.0",
+            layer_norm=None,
+            adapter_host="attention_adapters",
+        ),
+        ffn=adapterkit.SubBlock(
+            output="layer.1.DenseReluDense",
+            residual_input="layer.1",
+            layer_norm=None,
+            adapter_host="output_adapters",
+        ),
+        attn_projections={
+            "q": "layer.0.SelfAttention.q",
+            "k": "layer.0.SelfAttention.k",
+            "v": "layer.0.SelfAttention.v",
+        },
         ffn_intermediate="layer.1.DenseReluDense.wi",
         ffn_output="layer.1.DenseReluDense.wo",
         embeddings="shared",
     )
     torch.manual_seed(0)
-    model = T5EncoderModel(T5Config(d_model=32, num_layers=2, num_heads=2, d_ff=37, vocab_size=99, d_kv=16)).eval()
+    model = T5EncoderModel(
+        T5Config(d_model=32, num_layers=2, num_heads=2, d_ff=37, vocab_size=99, d_kv=16)
+    ).eval()
     adapterkit.init(model, architecture=spec)
     inputs = tiny_inputs()
     with torch.no_grad():

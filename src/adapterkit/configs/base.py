@@ -33,7 +33,9 @@ class AdapterConfig(Mapping):
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in self.__dict__:
-            raise FrozenInstanceError(f"cannot assign to field {name!r}: configs are immutable, use replace()")
+            raise FrozenInstanceError(
+                f"cannot assign to field {name!r}: configs are immutable, use replace()"
+            )
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
@@ -98,7 +100,9 @@ class AdapterConfig(Mapping):
         return obj
 
     @classmethod
-    def load(cls, config: AdapterConfig | Mapping[str, Any] | str | os.PathLike, **overrides: Any) -> AdapterConfig:
+    def load(
+        cls, config: AdapterConfig | Mapping[str, Any] | str | os.PathLike, **overrides: Any
+    ) -> AdapterConfig:
         """Resolve any config specifier to a config instance.
 
         Args:
@@ -139,7 +143,9 @@ def check_choice(config: AdapterConfig, key: str, allowed: tuple[Any, ...]) -> N
     """Raise ``ValueError`` if ``config[key]`` is not one of ``allowed``."""
     value = getattr(config, key)
     if value not in allowed:
-        raise ValueError(f"{type(config).__name__}.{key}={value!r} is not allowed; choose one of {list(allowed)}")
+        raise ValueError(
+            f"{type(config).__name__}.{key}={value!r} is not allowed; choose one of {list(allowed)}"
+        )
 
 
 def check_type(config: AdapterConfig, key: str, types: tuple[type, ...], what: str) -> None:

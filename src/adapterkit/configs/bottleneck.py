@@ -77,9 +77,19 @@ class BnConfig(AdapterConfig):
 
     def validate(self) -> None:
         """Check every key this library can act on; see the class docstring for the rules."""
-        for key in ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after", "ln_before",
-                    "ln_after", "is_parallel", "use_gating", "adapter_residual_before_ln", "cross_adapter",
-                    "phm_layer"):
+        for key in (
+            "mh_adapter",
+            "output_adapter",
+            "original_ln_before",
+            "original_ln_after",
+            "ln_before",
+            "ln_after",
+            "is_parallel",
+            "use_gating",
+            "adapter_residual_before_ln",
+            "cross_adapter",
+            "phm_layer",
+        ):
             check_type(self, key, (bool,), "True or False")
         rf = self.reduction_factor
         if isinstance(rf, Mapping):
@@ -96,7 +106,9 @@ class BnConfig(AdapterConfig):
         check_choice(self, "init_weights", _INIT_WEIGHTS)
         check_choice(self, "residual_before_ln", _RESIDUAL_BEFORE_LN)
         check_choice(self, "inv_adapter", _INV_ADAPTERS)
-        if not (isinstance(self.scaling, (int, float)) and not isinstance(self.scaling, bool)) and self.scaling not in (
+        if not (
+            isinstance(self.scaling, (int, float)) and not isinstance(self.scaling, bool)
+        ) and self.scaling not in (
             "learned",
             "channel",
         ):
@@ -105,10 +117,16 @@ class BnConfig(AdapterConfig):
             )
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"BnConfig.dropout={self.dropout!r} is not allowed; expected a number in [0, 1)")
-        if not isinstance(self.leave_out, (list, tuple)) or not all(isinstance(i, int) for i in self.leave_out):
-            raise ValueError(f"BnConfig.leave_out={self.leave_out!r} is not allowed; expected a list of layer ids")
+        if not isinstance(self.leave_out, (list, tuple)) or not all(
+            isinstance(i, int) for i in self.leave_out
+        ):
+            raise ValueError(
+                f"BnConfig.leave_out={self.leave_out!r} is not allowed; expected a list of layer ids"
+            )
         if self.non_linearity is not None and not isinstance(self.non_linearity, str):
-            raise ValueError(f"BnConfig.non_linearity={self.non_linearity!r} is not allowed; expected a name or None")
+            raise ValueError(
+                f"BnConfig.non_linearity={self.non_linearity!r} is not allowed; expected a name or None"
+            )
 
     def reduction_factor_for(self, layer_idx: int) -> float:
         """The reduction factor of layer ``layer_idx``.

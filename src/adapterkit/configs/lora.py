@@ -63,7 +63,9 @@ class LoRAConfig(AdapterConfig):
             check_type(self, key, (bool,), "True or False")
         check_type(self, "r", (int,), "a positive integer")
         if self.r < 1:
-            raise ValueError(f"{type(self).__name__}.r={self.r!r} is not allowed; expected a positive integer")
+            raise ValueError(
+                f"{type(self).__name__}.r={self.r!r} is not allowed; expected a positive integer"
+            )
         check_type(self, "alpha", (int, float), "a number")
         check_choice(self, "composition_mode", ("add", "scale"))
         check_choice(self, "init_weights", _INIT_WEIGHTS)
@@ -78,7 +80,9 @@ class LoRAConfig(AdapterConfig):
                 f"{type(self).__name__}.dropout={self.dropout!r} is not allowed; expected a number in [0, 1)"
             )
         if self.composition_mode == "scale" and self.r != 1:
-            raise ValueError(f"{type(self).__name__}.r={self.r} is not allowed with composition_mode='scale'; use r=1")
+            raise ValueError(
+                f"{type(self).__name__}.r={self.r} is not allowed with composition_mode='scale'; use r=1"
+            )
         if self.composition_mode == "scale" and self.dropout > 0:
             raise ValueError(
                 f"{type(self).__name__}.dropout={self.dropout} is not allowed with composition_mode='scale'; use 0.0"
@@ -90,7 +94,9 @@ class LoRAConfig(AdapterConfig):
             )
         if self.dtype is not None:
             check_choice(self, "dtype", ("float32", "float16", "bfloat16", "float64"))
-        if not isinstance(self.leave_out, (list, tuple)) or not all(isinstance(i, int) for i in self.leave_out):
+        if not isinstance(self.leave_out, (list, tuple)) or not all(
+            isinstance(i, int) for i in self.leave_out
+        ):
             raise ValueError(
                 f"{type(self).__name__}.leave_out={self.leave_out!r} is not allowed; expected a list of layer ids"
             )

@@ -118,7 +118,9 @@ def _minimize(value: Any) -> Any:
     return value
 
 
-def config_hash(config: AdapterConfig | Mapping[str, Any], length: int = 16, ignore_params: tuple[str, ...] = ()) -> str:
+def config_hash(
+    config: AdapterConfig | Mapping[str, Any], length: int = 16, ignore_params: tuple[str, ...] = ()
+) -> str:
     """AdapterHub's config hash: sha1 of the sorted JSON of the non-empty, non-default keys.
 
     Args:

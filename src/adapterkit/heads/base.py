@@ -41,8 +41,9 @@ class PredictionHead(nn.Sequential):
         """The hidden size of the model the head sits on."""
         return self.model_config.hidden_size
 
-    def build(self, model: nn.Module, out_features: int, layers: int, activation: str | None,
-              bias: bool = True) -> None:
+    def build(
+        self, model: nn.Module, out_features: int, layers: int, activation: str | None, bias: bool = True
+    ) -> None:
         """Append the standard MLP layers and initialise them with the model's weight init."""
         dropout = self._dropout_prob()
         for _ in range(layers - 1):
@@ -78,14 +79,25 @@ class PredictionHead(nn.Sequential):
         """The names of the label inputs this head consumes (for the trainer)."""
         return ["labels"]
 
-    def forward(self, outputs: Any, cls_output: torch.Tensor | None = None,  # pragma: no cover - abstract
-                attention_mask: torch.Tensor | None = None, return_dict: bool = True, **kwargs: Any) -> Any:
+    def forward(
+        self,
+        outputs: Any,
+        cls_output: torch.Tensor | None = None,  # pragma: no cover - abstract
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> Any:
         """Map the base model ``outputs`` to this head's output (subclasses implement it)."""
         raise NotImplementedError
 
 
-def sequence_summary(model_config: Any, hidden: torch.Tensor, input_ids: torch.Tensor | None,
-                     attention_mask: torch.Tensor | None, use_last_token: bool) -> torch.Tensor:
+def sequence_summary(
+    model_config: Any,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    use_last_token: bool,
+) -> torch.Tensor:
     """The per-sequence vector a sequence-level head reads.
 
     Encoders use the first (CLS) token. Decoders use the last real token: the last position

@@ -44,17 +44,36 @@ class CausalLMHead(PredictionHead):
 
     head_type = "causal_lm"
 
-    def __init__(self, model: nn.Module, head_name: str, vocab_size: int | None = None,
-                 embedding_size: int | None = None, layers: int = 1, activation_function: str | None = None,
-                 layer_norm: bool = False, bias: bool = False, shift_labels: bool = True,
-                 dropout_prob: float | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        head_name: str,
+        vocab_size: int | None = None,
+        embedding_size: int | None = None,
+        layers: int = 1,
+        activation_function: str | None = None,
+        layer_norm: bool = False,
+        bias: bool = False,
+        shift_labels: bool = True,
+        dropout_prob: float | None = None,
+    ):
         config = model.config
-        super().__init__(model, head_name, {
-            "vocab_size": vocab_size or config.vocab_size,
-            "embedding_size": embedding_size or getattr(config, "embedding_size", None) or config.hidden_size,
-            "layers": layers, "activation_function": activation_function, "layer_norm": layer_norm,
-            "bias": bias, "shift_labels": shift_labels, "dropout_prob": dropout_prob,
-        })
+        super().__init__(
+            model,
+            head_name,
+            {
+                "vocab_size": vocab_size or config.vocab_size,
+                "embedding_size": embedding_size
+                or getattr(config, "embedding_size", None)
+                or config.hidden_size,
+                "layers": layers,
+                "activation_function": activation_function,
+                "layer_norm": layer_norm,
+                "bias": bias,
+                "shift_labels": shift_labels,
+                "dropout_prob": dropout_prob,
+            },
+        )
         self.build_lm(model)
 
     def build_lm(self, model: nn.Module) -> None:
@@ -65,8 +84,11 @@ class CausalLMHead(PredictionHead):
         """
         cfg = self.config
         emb_size = cfg["embedding_size"]
-        eps = getattr(self.model_config, "layer_norm_eps", None) or getattr(
-            self.model_config, "layer_norm_epsilon", None) or 1e-12
+        eps = (
+            getattr(self.model_config, "layer_norm_eps", None)
+            or getattr(self.model_config, "layer_norm_epsilon", None)
+            or 1e-12
+        )
         for i in range(cfg["layers"] - 1):
             self.append(nn.Linear(self.hidden_size if i == 0 else emb_size, emb_size))
             if cfg["activation_function"]:
@@ -115,21 +137,36 @@ class CausalLMHead(PredictionHead):
         labels = labels.to(logits.device)
         if self.config["shift_labels"]:
             logits, labels = logits[..., :-1, :], labels[..., 1:]
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                           ignore_index=-100)
+        return nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100
+        )
 
     def _output(self, loss: torch.Tensor | None, logits: torch.Tensor, outputs: Any) -> Any:
         past = outputs.get("past_key_values")
         if past is not None:
-            return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past,
-                                          hidden_states=outputs.get("hidden_states"),
-                                          attentions=outputs.get("attentions"))
-        return CausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.get("hidden_states"),
-                              attentions=outputs.get("attentions"))
+            return CausalLMOutputWithPast(
+                loss=loss,
+                logits=logits,
+                past_key_values=past,
+                hidden_states=outputs.get("hidden_states"),
+                attentions=outputs.get("attentions"),
+            )
+        return CausalLMOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.get("hidden_states"),
+            attentions=outputs.get("attentions"),
+        )
 
-    def forward(self, outputs: Any, cls_output: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, return_dict: bool = True,
-                labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    def forward(
+        self,
+        outputs: Any,
+        cls_output: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Logits ``(batch, seq, vocab_size)`` (and loss with ``labels``) as a `CausalLMOutput`
         (`CausalLMOutputWithPast` when the base model returned a cache)."""
         logits = self.logits(outputs[0])

@@ -30,19 +30,41 @@ class ClassificationHead(PredictionHead):
 
     head_type = "classification"
 
-    def __init__(self, model: nn.Module, head_name: str, num_labels: int = 2, layers: int = 2,
-                 activation_function: str | None = "tanh", id2label: dict[int, str] | None = None,
-                 use_pooler: bool = False, bias: bool = True, dropout_prob: float | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 2,
+        activation_function: str | None = "tanh",
+        id2label: dict[int, str] | None = None,
+        use_pooler: bool = False,
+        bias: bool = True,
+        dropout_prob: float | None = None,
+    ):
         id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
-        super().__init__(model, head_name, {
-            "num_labels": num_labels, "layers": layers, "activation_function": activation_function,
-            "label2id": {label: int(i) for i, label in id2label.items()}, "use_pooler": use_pooler,
-            "bias": bias, "dropout_prob": dropout_prob,
-        })
+        super().__init__(
+            model,
+            head_name,
+            {
+                "num_labels": num_labels,
+                "layers": layers,
+                "activation_function": activation_function,
+                "label2id": {label: int(i) for i, label in id2label.items()},
+                "use_pooler": use_pooler,
+                "bias": bias,
+                "dropout_prob": dropout_prob,
+            },
+        )
         self.build(model, num_labels, layers, activation_function, bias)
 
-    def _logits(self, outputs: Any, cls_output: torch.Tensor | None, input_ids: torch.Tensor | None,
-                attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def _logits(
+        self,
+        outputs: Any,
+        cls_output: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         if cls_output is None:
             if self.config["use_pooler"]:
                 cls_output = outputs["pooler_output"]
@@ -58,15 +80,25 @@ class ClassificationHead(PredictionHead):
             return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).squeeze(-1))
         return nn.functional.cross_entropy(logits.view(-1, self.config["num_labels"]), labels.view(-1))
 
-    def forward(self, outputs: Any, cls_output: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, return_dict: bool = True,
-                labels: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
-                **kwargs: Any) -> Any:
+    def forward(
+        self,
+        outputs: Any,
+        cls_output: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+        labels: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Logits (and loss when ``labels`` are given) as a `SequenceClassifierOutput`."""
         logits = self._logits(outputs, cls_output, input_ids, attention_mask)
         loss = self.loss(logits, labels) if labels is not None else None
-        out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.get("hidden_states"),
-                                       attentions=outputs.get("attentions"))
+        out = SequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.get("hidden_states"),
+            attentions=outputs.get("attentions"),
+        )
         return out if return_dict else out.to_tuple()
 
 

@@ -35,20 +35,47 @@ class BertStyleMaskedLMHead(CausalLMHead):
 
     head_type = "masked_lm"
 
-    def __init__(self, model: nn.Module, head_name: str, vocab_size: int | None = None,
-                 embedding_size: int | None = None, layers: int = 2, activation_function: str | None = "gelu",
-                 layer_norm: bool = True, bias: bool = True, shift_labels: bool = False):
-        super().__init__(model, head_name, vocab_size=vocab_size, embedding_size=embedding_size,
-                         layers=layers, activation_function=activation_function, layer_norm=layer_norm,
-                         bias=bias, shift_labels=shift_labels)
+    def __init__(
+        self,
+        model: nn.Module,
+        head_name: str,
+        vocab_size: int | None = None,
+        embedding_size: int | None = None,
+        layers: int = 2,
+        activation_function: str | None = "gelu",
+        layer_norm: bool = True,
+        bias: bool = True,
+        shift_labels: bool = False,
+    ):
+        super().__init__(
+            model,
+            head_name,
+            vocab_size=vocab_size,
+            embedding_size=embedding_size,
+            layers=layers,
+            activation_function=activation_function,
+            layer_norm=layer_norm,
+            bias=bias,
+            shift_labels=shift_labels,
+        )
         del self.config["dropout_prob"]  # AdapterHub's masked_lm config has no dropout_prob
 
     def _output(self, loss: torch.Tensor | None, logits: torch.Tensor, outputs: Any) -> MaskedLMOutput:
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.get("hidden_states"),
-                              attentions=outputs.get("attentions"))
+        return MaskedLMOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.get("hidden_states"),
+            attentions=outputs.get("attentions"),
+        )
 
-    def forward(self, outputs: Any, cls_output: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, return_dict: bool = True,
-                labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    def forward(
+        self,
+        outputs: Any,
+        cls_output: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Logits ``(batch, seq, vocab_size)`` (and loss with ``labels``) as a `MaskedLMOutput`."""
         return super().forward(outputs, cls_output, attention_mask, return_dict, labels=labels, **kwargs)

@@ -32,15 +32,30 @@ class MultipleChoiceHead(PredictionHead):
 
     head_type = "multiple_choice"
 
-    def __init__(self, model: nn.Module, head_name: str, num_choices: int = 2, layers: int = 2,
-                 activation_function: str | None = "tanh", id2label: dict[int, str] | None = None,
-                 use_pooler: bool = False, dropout_prob: float | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        head_name: str,
+        num_choices: int = 2,
+        layers: int = 2,
+        activation_function: str | None = "tanh",
+        id2label: dict[int, str] | None = None,
+        use_pooler: bool = False,
+        dropout_prob: float | None = None,
+    ):
         id2label = id2label or {i: f"LABEL_{i}" for i in range(num_choices)}
-        super().__init__(model, head_name, {
-            "num_choices": num_choices, "layers": layers, "activation_function": activation_function,
-            "label2id": {label: int(i) for i, label in id2label.items()}, "use_pooler": use_pooler,
-            "dropout_prob": dropout_prob,
-        })
+        super().__init__(
+            model,
+            head_name,
+            {
+                "num_choices": num_choices,
+                "layers": layers,
+                "activation_function": activation_function,
+                "label2id": {label: int(i) for i, label in id2label.items()},
+                "use_pooler": use_pooler,
+                "dropout_prob": dropout_prob,
+            },
+        )
         self.build(model, 1, layers, activation_function)
         self._input_choices: int | None = None
 
@@ -67,10 +82,16 @@ class MultipleChoiceHead(PredictionHead):
 
         return {key: flatten(value) for key, value in inputs.items()}
 
-    def forward(self, outputs: Any, cls_output: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, return_dict: bool = True,
-                labels: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
-                **kwargs: Any) -> Any:
+    def forward(
+        self,
+        outputs: Any,
+        cls_output: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+        labels: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Logits ``(batch, num_choices)`` (and loss with ``labels``) as a `MultipleChoiceModelOutput`.
 
         ``outputs`` are the base model's outputs on the flattened inputs.
@@ -79,13 +100,18 @@ class MultipleChoiceHead(PredictionHead):
             if self.config["use_pooler"]:
                 cls_output = outputs["pooler_output"]
             else:
-                cls_output = sequence_summary(self.model_config, outputs[0], input_ids, attention_mask,
-                                              self.reads_last_token)
+                cls_output = sequence_summary(
+                    self.model_config, outputs[0], input_ids, attention_mask, self.reads_last_token
+                )
         num_choices = self._input_choices or self.config["num_choices"]
         logits = self.mlp(cls_output).view(-1, num_choices)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits, labels.to(logits.device).reshape(-1))
-        out = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.get("hidden_states"),
-                                        attentions=outputs.get("attentions"))
+        out = MultipleChoiceModelOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.get("hidden_states"),
+            attentions=outputs.get("attentions"),
+        )
         return out if return_dict else out.to_tuple()

@@ -33,16 +33,30 @@ class QuestionAnsweringHead(PredictionHead):
 
     head_type = "question_answering"
 
-    def __init__(self, model: nn.Module, head_name: str, num_labels: int = 2, layers: int = 1,
-                 activation_function: str | None = "tanh", id2label: dict[int, str] | None = None,
-                 dropout_prob: float | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 1,
+        activation_function: str | None = "tanh",
+        id2label: dict[int, str] | None = None,
+        dropout_prob: float | None = None,
+    ):
         if num_labels != 2:
             raise ValueError(f"a question answering head needs num_labels=2 (start, end), got {num_labels}")
         id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
-        super().__init__(model, head_name, {
-            "num_labels": num_labels, "layers": layers, "activation_function": activation_function,
-            "label2id": {label: int(i) for i, label in id2label.items()}, "dropout_prob": dropout_prob,
-        })
+        super().__init__(
+            model,
+            head_name,
+            {
+                "num_labels": num_labels,
+                "layers": layers,
+                "activation_function": activation_function,
+                "label2id": {label: int(i) for i, label in id2label.items()},
+                "dropout_prob": dropout_prob,
+            },
+        )
         self.build(model, num_labels, layers, activation_function)
 
     def get_label_names(self) -> list[str]:
@@ -50,8 +64,12 @@ class QuestionAnsweringHead(PredictionHead):
         return ["start_positions", "end_positions"]
 
     @staticmethod
-    def loss(start_logits: torch.Tensor, end_logits: torch.Tensor, start_positions: torch.Tensor,
-             end_positions: torch.Tensor) -> torch.Tensor:
+    def loss(
+        start_logits: torch.Tensor,
+        end_logits: torch.Tensor,
+        start_positions: torch.Tensor,
+        end_positions: torch.Tensor,
+    ) -> torch.Tensor:
         """Mean of the start and end cross-entropies (out-of-range positions are ignored)."""
         ignored_index = start_logits.shape[1]
         start_positions = start_positions.to(start_logits.device).reshape(-1).clamp(0, ignored_index)
@@ -60,10 +78,16 @@ class QuestionAnsweringHead(PredictionHead):
         end_loss = nn.functional.cross_entropy(end_logits, end_positions, ignore_index=ignored_index)
         return (start_loss + end_loss) / 2
 
-    def forward(self, outputs: Any, cls_output: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, return_dict: bool = True,
-                start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None,
-                **kwargs: Any) -> Any:
+    def forward(
+        self,
+        outputs: Any,
+        cls_output: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Start and end logits ``(batch, seq)`` (and loss when both positions are given) as a
         `QuestionAnsweringModelOutput`."""
         logits = self.mlp(outputs[0])
@@ -71,7 +95,11 @@ class QuestionAnsweringHead(PredictionHead):
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = self.loss(start_logits, end_logits, start_positions, end_positions)
-        out = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
-                                           hidden_states=outputs.get("hidden_states"),
-                                           attentions=outputs.get("attentions"))
+        out = QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=outputs.get("hidden_states"),
+            attentions=outputs.get("attentions"),
+        )
         return out if return_dict else out.to_tuple()

@@ -28,32 +28,58 @@ class TaggingHead(PredictionHead):
 
     head_type = "tagging"
 
-    def __init__(self, model: nn.Module, head_name: str, num_labels: int = 2, layers: int = 1,
-                 activation_function: str | None = "tanh", id2label: dict[int, str] | None = None,
-                 dropout_prob: float | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 1,
+        activation_function: str | None = "tanh",
+        id2label: dict[int, str] | None = None,
+        dropout_prob: float | None = None,
+    ):
         id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
-        super().__init__(model, head_name, {
-            "num_labels": num_labels, "layers": layers, "activation_function": activation_function,
-            "label2id": {label: int(i) for i, label in id2label.items()}, "dropout_prob": dropout_prob,
-        })
+        super().__init__(
+            model,
+            head_name,
+            {
+                "num_labels": num_labels,
+                "layers": layers,
+                "activation_function": activation_function,
+                "label2id": {label: int(i) for i, label in id2label.items()},
+                "dropout_prob": dropout_prob,
+            },
+        )
         self.build(model, num_labels, layers, activation_function)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor,
-             attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Cross-entropy over the active tokens (``attention_mask == 1`` and label != -100)."""
         labels = labels.to(logits.device)
         if attention_mask is not None:
             labels = labels.masked_fill(attention_mask.to(labels.device).reshape(labels.shape) != 1, -100)
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                           ignore_index=-100)
+        return nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+        )
 
-    def forward(self, outputs: Any, cls_output: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, return_dict: bool = True,
-                labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    def forward(
+        self,
+        outputs: Any,
+        cls_output: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Per-token logits ``(batch, seq, num_labels)`` (and loss with ``labels``) as a
         `TokenClassifierOutput`."""
         logits = self.mlp(outputs[0])
         loss = self.loss(logits, labels, attention_mask) if labels is not None else None
-        out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.get("hidden_states"),
-                                    attentions=outputs.get("attentions"))
+        out = TokenClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.get("hidden_states"),
+            attentions=outputs.get("attentions"),
+        )
         return out if return_dict else out.to_tuple()

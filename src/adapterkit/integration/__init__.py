@@ -3,4 +3,11 @@
 from .architectures import ARCHITECTURES, ArchitectureSpec, SubBlock, get_architecture, register_architecture
 from .target import ModelTarget
 
-__all__ = ["ARCHITECTURES", "ArchitectureSpec", "ModelTarget", "SubBlock", "get_architecture", "register_architecture"]
+__all__ = [
+    "ARCHITECTURES",
+    "ArchitectureSpec",
+    "ModelTarget",
+    "SubBlock",
+    "get_architecture",
+    "register_architecture",
+]

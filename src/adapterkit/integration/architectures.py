@@ -91,7 +91,11 @@ def _bert_like(model_type: str) -> ArchitectureSpec:
             layer_norm="output.LayerNorm",
             adapter_host="output",
         ),
-        attn_projections={"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value"},
+        attn_projections={
+            "q": "attention.self.query",
+            "k": "attention.self.key",
+            "v": "attention.self.value",
+        },
         ffn_intermediate="intermediate.dense",
         ffn_output="output.dense",
         embeddings="embeddings",
@@ -101,15 +105,23 @@ def _bert_like(model_type: str) -> ArchitectureSpec:
 def _llama_like(model_type: str, *, adapterhub_mlp_names: bool) -> ArchitectureSpec:
     # AdapterHub's native Llama/Mistral code adapts down_proj for "intermediate" and up_proj for
     # "output"; their saved checkpoints name those modules, so those model types keep that mapping.
-    intermediate, output = ("mlp.down_proj", "mlp.up_proj") if adapterhub_mlp_names else ("mlp.up_proj", "mlp.down_proj")
+    intermediate, output = (
+        ("mlp.down_proj", "mlp.up_proj") if adapterhub_mlp_names else ("mlp.up_proj", "mlp.down_proj")
+    )
     return ArchitectureSpec(
         model_type=model_type,
         layers="layers",
         attention=SubBlock(
-            output="self_attn", residual_input="input_layernorm", layer_norm=None, adapter_host="attention_adapters"
+            output="self_attn",
+            residual_input="input_layernorm",
+            layer_norm=None,
+            adapter_host="attention_adapters",
         ),
         ffn=SubBlock(
-            output="mlp", residual_input="post_attention_layernorm", layer_norm=None, adapter_host="output_adapters"
+            output="mlp",
+            residual_input="post_attention_layernorm",
+            layer_norm=None,
+            adapter_host="output_adapters",
         ),
         attn_projections={"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj"},
         ffn_intermediate=intermediate,
@@ -125,9 +137,14 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         model_type="distilbert",
         layers="transformer.layer",
         attention=SubBlock(
-            output="attention", residual_input="attention", layer_norm="sa_layer_norm", adapter_host="attention_adapters"
+            output="attention",
+            residual_input="attention",
+            layer_norm="sa_layer_norm",
+            adapter_host="attention_adapters",
         ),
-        ffn=SubBlock(output="ffn", residual_input="ffn", layer_norm="output_layer_norm", adapter_host="output_adapters"),
+        ffn=SubBlock(
+            output="ffn", residual_input="ffn", layer_norm="output_layer_norm", adapter_host="output_adapters"
+        ),
         attn_projections={"q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin"},
         ffn_intermediate="ffn.lin1",
         ffn_output="ffn.lin2",
@@ -137,7 +154,9 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "gpt2": ArchitectureSpec(
         model_type="gpt2",
         layers="h",
-        attention=SubBlock(output="attn", residual_input="ln_1", layer_norm=None, adapter_host="attention_adapters"),
+        attention=SubBlock(
+            output="attn", residual_input="ln_1", layer_norm=None, adapter_host="attention_adapters"
+        ),
         ffn=SubBlock(output="mlp", residual_input="ln_2", layer_norm=None, adapter_host="output_adapters"),
         fused_qkv="attn.c_attn",
         ffn_intermediate="mlp.c_fc",
@@ -159,7 +178,9 @@ def register_architecture(spec: ArchitectureSpec, overwrite: bool = False) -> No
         ValueError: if an entry exists and ``overwrite`` is False.
     """
     if spec.model_type in ARCHITECTURES and not overwrite:
-        raise ValueError(f"architecture {spec.model_type!r} is already registered; pass overwrite=True to replace it")
+        raise ValueError(
+            f"architecture {spec.model_type!r} is already registered; pass overwrite=True to replace it"
+        )
     ARCHITECTURES[spec.model_type] = spec
 
 

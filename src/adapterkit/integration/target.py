@@ -34,7 +34,9 @@ class ModelTarget:
         AttributeError: if a path of the entry does not exist in this model.
     """
 
-    def __init__(self, base_model: nn.Module, resolve_setup: SetupResolver, spec: ArchitectureSpec | None = None):
+    def __init__(
+        self, base_model: nn.Module, resolve_setup: SetupResolver, spec: ArchitectureSpec | None = None
+    ):
         self.base_model = base_model
         self.config = base_model.config
         self.spec = spec or get_architecture(self.config.model_type)

@@ -72,8 +72,14 @@ def _segment_index(parts: list[str], attribute: str, name: str) -> int | None:
     return None
 
 
-def save_adapter(model: nn.Module, save_directory: str | os.PathLike, adapter_name: str, meta_dict: dict | None = None,
-                 use_safetensors: bool = True, with_head: bool = True) -> None:
+def save_adapter(
+    model: nn.Module,
+    save_directory: str | os.PathLike,
+    adapter_name: str,
+    meta_dict: dict | None = None,
+    use_safetensors: bool = True,
+    with_head: bool = True,
+) -> None:
     """Write adapter ``adapter_name`` (and its head, if the model has one of that name) to a folder.
 
     Raises:
@@ -94,7 +100,9 @@ def save_adapter(model: nn.Module, save_directory: str | os.PathLike, adapter_na
         save_head(model, directory, adapter_name, use_safetensors=use_safetensors)
 
 
-def save_head(model: nn.Module, save_directory: str | os.PathLike, head_name: str, use_safetensors: bool = True) -> None:
+def save_head(
+    model: nn.Module, save_directory: str | os.PathLike, head_name: str, use_safetensors: bool = True
+) -> None:
     """Write head ``head_name`` (``head_config.json`` + weights keyed ``heads.<name>.*``)."""
     directory = Path(save_directory)
     head = model.heads[head_name]
@@ -123,7 +131,9 @@ def read_adapter_config(directory: Path) -> dict[str, Any]:
         except InvalidVersion:
             old = False
         if old and config.get("architecture") == "lora" and config.get("r") != config.get("alpha"):
-            logger.warning("adapter saved by adapters %s with faulty LoRA scaling: setting alpha = r", version)
+            logger.warning(
+                "adapter saved by adapters %s with faulty LoRA scaling: setting alpha = r", version
+            )
             config["alpha"] = config["r"]
     return data
 
@@ -140,8 +150,9 @@ def _check_compatible(model: nn.Module, meta: dict[str, Any], path: Path) -> Non
         raise ValueError(f"adapter in {path} was saved for hidden size {hidden}, this model has {ours}")
 
 
-def _match_keys(weights: dict[str, torch.Tensor], targets: set[str], prefix: str,
-                rename: tuple[str, str, str] | None) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _match_keys(
+    weights: dict[str, torch.Tensor], targets: set[str], prefix: str, rename: tuple[str, str, str] | None
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Map saved keys to this model's keys. Returns (matched weights by our key, unexpected saved keys).
 
     Args:
@@ -158,7 +169,7 @@ def _match_keys(weights: dict[str, torch.Tensor], targets: set[str], prefix: str
         ours = ".".join(parts)
         candidates = [ours, f"{prefix}.{ours}" if prefix else ours]
         if prefix and ours.startswith(prefix + "."):
-            candidates.append(ours[len(prefix) + 1:])
+            candidates.append(ours[len(prefix) + 1 :])
         hit = next((c for c in candidates if c in targets), None)
         if hit is None:
             unexpected.append(key)
@@ -180,13 +191,23 @@ def _check_shapes(model: nn.Module, matched: dict[str, torch.Tensor], path: Path
     state = model.state_dict()
     for key, tensor in matched.items():
         if state[key].shape != tensor.shape:
-            raise ValueError(f"{path}: weight {key} has shape {tuple(tensor.shape)}, the model expects "
-                             f"{tuple(state[key].shape)}")
+            raise ValueError(
+                f"{path}: weight {key} has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(state[key].shape)}"
+            )
 
 
-def load_adapter(model: nn.Module, adapter_name_or_path: str | os.PathLike, load_as: str | None = None,
-                 set_active: bool = False, leave_out: list[int] | None = None, loading_info: dict | None = None,
-                 with_head: bool = True, id2label: dict[int, str] | None = None, **kwargs: Any) -> str:
+def load_adapter(
+    model: nn.Module,
+    adapter_name_or_path: str | os.PathLike,
+    load_as: str | None = None,
+    set_active: bool = False,
+    leave_out: list[int] | None = None,
+    loading_info: dict | None = None,
+    with_head: bool = True,
+    id2label: dict[int, str] | None = None,
+    **kwargs: Any,
+) -> str:
     """Load an adapter folder into ``model`` (see `ModelAdaptersMixin.load_adapter`). Returns its name.
 
     Raises:
@@ -218,7 +239,9 @@ def load_adapter(model: nn.Module, adapter_name_or_path: str | os.PathLike, load
         model.add_adapter(name, config)
         attribute = method_for(config).module_attribute
         targets = set(_keys_with(model.state_dict(), attribute, name))
-        matched, unexpected = _match_keys(weights, targets, model.base_model_prefix, (attribute, saved_name, name))
+        matched, unexpected = _match_keys(
+            weights, targets, model.base_model_prefix, (attribute, saved_name, name)
+        )
         missing = sorted(targets - matched.keys())
         if missing or (unexpected and not leave_out):
             raise ValueError(
@@ -252,8 +275,14 @@ def _read_head(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | N
     return meta, read_weights(path, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME)
 
 
-def _load_head(model: nn.Module, head_data: tuple[dict[str, Any], dict[str, torch.Tensor]], path: Path,
-               saved_name: str, name: str, id2label: dict[int, str] | None) -> None:
+def _load_head(
+    model: nn.Module,
+    head_data: tuple[dict[str, Any], dict[str, torch.Tensor]],
+    path: Path,
+    saved_name: str,
+    name: str,
+    id2label: dict[int, str] | None,
+) -> None:
     meta, weights = head_data
     saved_head = meta.get("name") or saved_name
     config = dict(meta["config"])
@@ -267,7 +296,9 @@ def _load_head(model: nn.Module, head_data: tuple[dict[str, Any], dict[str, torc
         matched, unexpected = _match_keys(weights, targets, "", ("heads", saved_head, name))
         missing = sorted(targets - matched.keys())
         if missing or unexpected:
-            raise ValueError(f"head weights in {path} do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(
+                f"head weights in {path} do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
         _check_shapes(model, matched, path)
         _copy_into(model, matched)
     except Exception:
@@ -277,7 +308,9 @@ def _load_head(model: nn.Module, head_data: tuple[dict[str, Any], dict[str, torc
         raise
 
 
-def _snapshot_adapter(model: nn.Module, name: str) -> tuple[str, AdapterConfig, dict[str, torch.Tensor]] | None:
+def _snapshot_adapter(
+    model: nn.Module, name: str
+) -> tuple[str, AdapterConfig, dict[str, torch.Tensor]] | None:
     """(name, config, weights) of an existing adapter, to restore it if a load fails."""
     config = model.adapters_config.get(name)
     if config is None:
@@ -287,7 +320,9 @@ def _snapshot_adapter(model: nn.Module, name: str) -> tuple[str, AdapterConfig, 
     return name, config, {k: state[k].detach().clone() for k in keys}
 
 
-def _restore_adapter(model: nn.Module, snapshot: tuple[str, AdapterConfig, dict[str, torch.Tensor]] | None) -> None:
+def _restore_adapter(
+    model: nn.Module, snapshot: tuple[str, AdapterConfig, dict[str, torch.Tensor]] | None
+) -> None:
     if snapshot is None:
         return
     name, config, tensors = snapshot

@@ -62,8 +62,9 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def write_weights(directory: Path, tensors: dict[str, torch.Tensor], safe_name: str, bin_name: str,
-                  use_safetensors: bool) -> Path:
+def write_weights(
+    directory: Path, tensors: dict[str, torch.Tensor], safe_name: str, bin_name: str, use_safetensors: bool
+) -> Path:
     """Write ``tensors`` as safetensors (default) or a torch ``.bin``, atomically. Returns the path."""
     tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
     if use_safetensors:

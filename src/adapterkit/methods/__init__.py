@@ -1,6 +1,20 @@
 """Adapter methods. Importing this package registers the built-in ones."""
 
 from . import bottleneck, lora  # noqa: F401  (registration side effect)
-from .base import AdapterMethod, LayerModules, active_in_order, method_for, register_method, registered_methods
+from .base import (
+    AdapterMethod,
+    LayerModules,
+    active_in_order,
+    method_for,
+    register_method,
+    registered_methods,
+)
 
-__all__ = ["AdapterMethod", "LayerModules", "active_in_order", "method_for", "register_method", "registered_methods"]
+__all__ = [
+    "AdapterMethod",
+    "LayerModules",
+    "active_in_order",
+    "method_for",
+    "register_method",
+    "registered_methods",
+]

@@ -8,10 +8,9 @@ code looks methods up by ``config.method`` and never names one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Container
 
 from torch import nn
-
-from collections.abc import Container
 
 from ..composition import AdapterCompositionBlock, Stack
 from ..configs import AdapterConfig
@@ -64,8 +63,8 @@ class AdapterMethod(ABC):
         """
         raise ValueError(f"adapters of method {self.name!r} cannot be merged into the model weights")
 
-    def reset(self, target: ModelTarget) -> None:
-        """Undo every merge of this method, restoring the base weights exactly."""
+    def reset(self, target: ModelTarget) -> None:  # noqa: B027  (optional hook: methods without merging keep it)
+        """Undo every merge of this method, restoring the base weights exactly (default: nothing to undo)."""
 
 
 def active_in_order(ctx: ForwardContext | None, present: Container[str], layer_idx: int) -> list[str]:

@@ -63,7 +63,9 @@ class BottleneckAdapter(nn.Module):
         generator: random source for initialisation (seeded when ``init_weights_seed`` is set).
     """
 
-    def __init__(self, input_size: int, bottleneck_size: int, config: BnConfig, generator: torch.Generator | None):
+    def __init__(
+        self, input_size: int, bottleneck_size: int, config: BnConfig, generator: torch.Generator | None
+    ):
         super().__init__()
         self.config = config
         down: list[nn.Module] = []
@@ -107,7 +109,9 @@ class BottleneckAdapter(nn.Module):
                     nn.init.trunc_normal_(m.weight, 0.0, 1e-2, -2e-2, 2e-2, generator=g)
                     nn.init.zeros_(m.bias)
 
-    def adapter_input(self, h: torch.Tensor, r: torch.Tensor, layer_norm: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def adapter_input(
+        self, h: torch.Tensor, r: torch.Tensor, layer_norm: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(adapter input x, adapter residual) from sub-block output ``h`` and residual stream ``r``."""
         cfg = self.config
         if cfg.is_parallel:
@@ -213,7 +217,9 @@ class BottleneckMethod(AdapterMethod):
                     generator.manual_seed(config.init_weights_seed)
                 size = int(target.hidden_size // config.reduction_factor_for(idx))
                 ref = next(layer.parameters())
-                adapter = BottleneckAdapter(target.hidden_size, size, config, generator).to(ref.device, ref.dtype)
+                adapter = BottleneckAdapter(target.hidden_size, size, config, generator).to(
+                    ref.device, ref.dtype
+                )
                 adapter.train(layer.training)
                 host.adapters[adapter_name] = adapter
                 self._ensure_hooks(target, idx, host, block)

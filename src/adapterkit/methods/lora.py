@@ -47,7 +47,7 @@ class _LoRABase(nn.Module):
         if self.matrices is None:
             return values
         parts = values.split(self.out_per_group, dim=-1)
-        by_name = dict(zip(self.matrices, parts))
+        by_name = dict(zip(self.matrices, parts, strict=False))
         filler = values.new_full((*values.shape[:-1], self.out_per_group), fill)
         return torch.cat([by_name.get(m, filler) for m in _QKV], dim=-1)
 
@@ -114,7 +114,9 @@ class LoRA(_LoRABase):
     def delta_weight(self) -> torch.Tensor:
         """``(alpha / r) * B A`` as an ``(out, in)`` matrix in the projection's output layout."""
         if self.config.use_gating:
-            raise ValueError("a gated LoRA adapter depends on its input and cannot be merged (use_gating=True)")
+            raise ValueError(
+                "a gated LoRA adapter depends on its input and cannot be merged (use_gating=True)"
+            )
         a = self.lora_A.view(self.groups, -1, self.lora_A.shape[-1])  # (groups, r, in)
         b = self.lora_B.view(self.groups, self.out_per_group, -1)  # (groups, d, r)
         w = torch.bmm(b, a).flatten(0, 1) * self.scaling  # (groups * d, in)
@@ -159,7 +161,9 @@ class IA3(_LoRABase):
     def factor_vector(self) -> torch.Tensor:
         """The input-independent factor, for merging."""
         if self.config.use_gating:
-            raise ValueError("a gated (IA)^3 adapter depends on its input and cannot be merged (use_gating=True)")
+            raise ValueError(
+                "a gated (IA)^3 adapter depends on its input and cannot be merged (use_gating=True)"
+            )
         return self._place(self.lora_B.view(-1) * self.scaling, 1.0)
 
 
@@ -198,7 +202,9 @@ class LoRAMethod(AdapterMethod):
     config_class = LoRAConfig
     module_attribute = "loras"
 
-    def _targets(self, target: ModelTarget, config: LoRAConfig) -> list[tuple[str, str, tuple[str, ...] | None]]:
+    def _targets(
+        self, target: ModelTarget, config: LoRAConfig
+    ) -> list[tuple[str, str, tuple[str, ...] | None]]:
         """(location key, path, fused matrices) for each projection this config adapts."""
         spec = target.spec
         found: list[tuple[str, str, tuple[str, ...] | None]] = []
@@ -208,7 +214,11 @@ class LoRAMethod(AdapterMethod):
                 if matrices:
                     found.append(("selfattn_lora", spec.fused_qkv, matrices))
             else:
-                found += [("selfattn_lora", spec.attn_projections[m], None) for m in _QKV if m in config.attn_matrices]
+                found += [
+                    ("selfattn_lora", spec.attn_projections[m], None)
+                    for m in _QKV
+                    if m in config.attn_matrices
+                ]
         if config.intermediate_lora:
             found.append(("intermediate_lora", spec.ffn_intermediate, None))
         if config.output_lora:
@@ -238,7 +248,12 @@ class LoRAMethod(AdapterMethod):
                 proj.loras[adapter_name] = lora
                 if _STATE not in proj.__dict__:
                     handle = proj.register_forward_hook(_lora_hook)
-                    proj.__dict__[_STATE] = {"layer_idx": idx, "handle": handle, "merged": None, "backup": None}
+                    proj.__dict__[_STATE] = {
+                        "layer_idx": idx,
+                        "handle": handle,
+                        "merged": None,
+                        "backup": None,
+                    }
                 _add_module(created, idx, location, lora)
         return created
 
@@ -309,7 +324,10 @@ def _merge(proj: nn.Module, name: str) -> None:
     state: dict[str, Any] = proj.__dict__[_STATE]
     transposed = isinstance(proj, Conv1D)  # Conv1D stores (in, out)
     with torch.no_grad():
-        state["backup"] = (proj.weight.detach().clone(), None if proj.bias is None else proj.bias.detach().clone())
+        state["backup"] = (
+            proj.weight.detach().clone(),
+            None if proj.bias is None else proj.bias.detach().clone(),
+        )
         if isinstance(lora, IA3):
             f = lora.factor_vector().to(proj.weight.dtype)
             proj.weight.mul_(f if transposed else f[:, None])

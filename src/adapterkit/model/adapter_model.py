@@ -35,8 +35,14 @@ class AdapterModel(FlexibleHeadsMixin, ModelAdaptersMixin):
         self._init_adapters()
         self._init_heads()
 
-    def forward(self, input_ids: Any = None, attention_mask: Any = None, head: str | None = None,
-                return_dict: bool | None = None, **kwargs: Any) -> Any:
+    def forward(
+        self,
+        input_ids: Any = None,
+        attention_mask: Any = None,
+        head: str | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run the base model with the active adapters, then the chosen head.
 
         Args:
@@ -58,15 +64,22 @@ class AdapterModel(FlexibleHeadsMixin, ModelAdaptersMixin):
             for key in head_module.get_label_names():
                 if key in kwargs:
                     head_inputs[key] = kwargs.pop(key)
-            inputs = head_module.prepare_inputs({"input_ids": input_ids, "attention_mask": attention_mask, **kwargs})
+            inputs = head_module.prepare_inputs(
+                {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
+            )
         else:
             kwargs.pop("labels", None)
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
         outputs = self.base_model(**inputs, return_dict=True)
         if head_module is None:
             return outputs if return_dict else outputs.to_tuple()
-        return head_module(outputs, attention_mask=inputs.get("attention_mask"), input_ids=inputs.get("input_ids"),
-                           return_dict=return_dict, **head_inputs)
+        return head_module(
+            outputs,
+            attention_mask=inputs.get("attention_mask"),
+            input_ids=inputs.get("input_ids"),
+            return_dict=return_dict,
+            **head_inputs,
+        )
 
     def train_adapter(self, adapter_setup: AdapterSetupSpec, train_embeddings: bool = False) -> None:
         """Train only the adapters of ``adapter_setup`` and their head (the head named like the
@@ -92,7 +105,9 @@ def adapter_model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
     if base_class not in _CLASSES:
         pretrained = next(c for c in base_class.__mro__[1:] if issubclass(c, PreTrainedModel))
         name = base_class.__name__.removesuffix("Model") + "AdapterModel"
-        _CLASSES[base_class] = type(name, (AdapterModel, pretrained), {"_base_class": base_class, "__module__": __name__})
+        _CLASSES[base_class] = type(
+            name, (AdapterModel, pretrained), {"_base_class": base_class, "__module__": __name__}
+        )
     return _CLASSES[base_class]
 
 
@@ -108,7 +123,9 @@ class AutoAdapterModel:
         return adapter_model_class(config)(config, **kwargs)
 
     @staticmethod
-    def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> PreTrainedModel:
+    def from_pretrained(
+        pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
+    ) -> PreTrainedModel:
         """Load a checkpoint (a base model, or a full adapter model saved with ``save_pretrained``).
 
         Adapters and heads recorded in its ``config.json`` are re-created and their weights loaded.
@@ -116,11 +133,20 @@ class AutoAdapterModel:
         """
         config = kwargs.pop("config", None)
         if config is None:
-            hub_keys = ("cache_dir", "force_download", "local_files_only", "token", "revision", "trust_remote_code")
+            hub_keys = (
+                "cache_dir",
+                "force_download",
+                "local_files_only",
+                "token",
+                "revision",
+                "trust_remote_code",
+            )
             config = AutoConfig.from_pretrained(
                 pretrained_model_name_or_path, **{k: kwargs[k] for k in hub_keys if k in kwargs}
             )
-        return adapter_model_class(config).from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+        return adapter_model_class(config).from_pretrained(
+            pretrained_model_name_or_path, *args, config=config, **kwargs
+        )
 
 
 def is_adapter_model(model: nn.Module) -> bool:

@@ -57,7 +57,13 @@ class ModelAdaptersConfig:
                 key = config_hash(config)
                 refs[name] = key
                 config_map[key] = config.to_dict()
-        return {"adapters": refs, "config_map": config_map, "fusions": {}, "fusion_config_map": {}, "fusion_name_map": {}}
+        return {
+            "adapters": refs,
+            "config_map": config_map,
+            "fusions": {},
+            "fusion_config_map": {},
+            "fusion_name_map": {},
+        }
 
     @staticmethod
     def configs_from_dict(data: dict[str, Any]) -> dict[str, AdapterConfig]:
@@ -78,7 +84,9 @@ class ModelAdaptersConfig:
             elif ref in ADAPTER_CONFIG_MAP:
                 result[name] = AdapterConfig.load(ref)
             else:
-                raise ValueError(f"adapter {name!r} refers to config {ref!r}, which is neither an alias nor in config_map")
+                raise ValueError(
+                    f"adapter {name!r} refers to config {ref!r}, which is neither an alias nor in config_map"
+                )
         return result
 
 

@@ -43,98 +43,163 @@ class FlexibleHeadsMixin:
             raise ValueError(f"unknown head type {head_type!r}; known: {known}")
         return cls
 
-    def add_prediction_head(self, head: PredictionHead, overwrite_ok: bool = False, set_active: bool = True) -> None:
+    def add_prediction_head(
+        self, head: PredictionHead, overwrite_ok: bool = False, set_active: bool = True
+    ) -> None:
         """Add a built head under ``head.name``.
 
         Raises:
             ValueError: if the name is taken and ``overwrite_ok`` is False.
         """
         if head.name in self.heads and not overwrite_ok:
-            raise ValueError(f"a head named {head.name!r} exists already; pass overwrite_ok=True to replace it")
+            raise ValueError(
+                f"a head named {head.name!r} exists already; pass overwrite_ok=True to replace it"
+            )
         self.heads[head.name] = head
         self.config.prediction_heads[head.name] = head.config  # type: ignore[attr-defined]
         if set_active:
             self.active_head = head.name
 
-    def add_prediction_head_from_config(self, head_name: str, config: dict[str, Any], overwrite_ok: bool = False,
-                                        set_active: bool = True) -> None:
+    def add_prediction_head_from_config(
+        self, head_name: str, config: dict[str, Any], overwrite_ok: bool = False, set_active: bool = True
+    ) -> None:
         """Build and add a head from its saved config dict (``head_type`` selects the class)."""
         config = dict(config)
         cls = self.head_class(config.pop("head_type"))
         label2id = config.pop("label2id", None)
         if label2id is not None:
             config["id2label"] = {int(i): label for label, i in label2id.items()}
-        self.add_prediction_head(cls(self, head_name, **config), overwrite_ok=overwrite_ok, set_active=set_active)
+        self.add_prediction_head(
+            cls(self, head_name, **config), overwrite_ok=overwrite_ok, set_active=set_active
+        )
 
-    def add_classification_head(self, head_name: str, num_labels: int = 2, layers: int = 2,
-                                activation_function: str = "tanh", overwrite_ok: bool = False, multilabel: bool = False,
-                                id2label: dict[int, str] | None = None, use_pooler: bool = False) -> None:
+    def add_classification_head(
+        self,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 2,
+        activation_function: str = "tanh",
+        overwrite_ok: bool = False,
+        multilabel: bool = False,
+        id2label: dict[int, str] | None = None,
+        use_pooler: bool = False,
+    ) -> None:
         """Add a sequence classification head (multi-label with ``multilabel=True``)."""
         head_type = "multilabel_classification" if multilabel else "classification"
-        head = self.head_class(head_type)(self, head_name, num_labels=num_labels, layers=layers,
-                                          activation_function=activation_function, id2label=id2label,
-                                          use_pooler=use_pooler)
+        head = self.head_class(head_type)(
+            self,
+            head_name,
+            num_labels=num_labels,
+            layers=layers,
+            activation_function=activation_function,
+            id2label=id2label,
+            use_pooler=use_pooler,
+        )
         self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
-    def add_tagging_head(self, head_name: str, num_labels: int = 2, layers: int = 1,
-                         activation_function: str = "tanh", overwrite_ok: bool = False,
-                         id2label: dict[int, str] | None = None) -> None:
+    def add_tagging_head(
+        self,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 1,
+        activation_function: str = "tanh",
+        overwrite_ok: bool = False,
+        id2label: dict[int, str] | None = None,
+    ) -> None:
         """Add a token classification head (one label per token).
 
         Raises:
             ValueError: if the name is taken and ``overwrite_ok`` is False.
         """
-        head = self.head_class("tagging")(self, head_name, num_labels=num_labels, layers=layers,
-                                          activation_function=activation_function, id2label=id2label)
+        head = self.head_class("tagging")(
+            self,
+            head_name,
+            num_labels=num_labels,
+            layers=layers,
+            activation_function=activation_function,
+            id2label=id2label,
+        )
         self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
-    def add_qa_head(self, head_name: str, num_labels: int = 2, layers: int = 1,
-                    activation_function: str = "tanh", overwrite_ok: bool = False,
-                    id2label: dict[int, str] | None = None) -> None:
+    def add_qa_head(
+        self,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 1,
+        activation_function: str = "tanh",
+        overwrite_ok: bool = False,
+        id2label: dict[int, str] | None = None,
+    ) -> None:
         """Add an extractive question answering head (start/end logits).
 
         Raises:
             ValueError: if the name is taken and ``overwrite_ok`` is False, or ``num_labels`` is not 2.
         """
         head = self.head_class("question_answering")(
-            self, head_name, num_labels=num_labels, layers=layers, activation_function=activation_function,
+            self,
+            head_name,
+            num_labels=num_labels,
+            layers=layers,
+            activation_function=activation_function,
             id2label=id2label,
         )
         self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
-    def add_multiple_choice_head(self, head_name: str, num_choices: int = 2, layers: int = 2,
-                                 activation_function: str = "tanh", overwrite_ok: bool = False,
-                                 id2label: dict[int, str] | None = None, use_pooler: bool = False) -> None:
+    def add_multiple_choice_head(
+        self,
+        head_name: str,
+        num_choices: int = 2,
+        layers: int = 2,
+        activation_function: str = "tanh",
+        overwrite_ok: bool = False,
+        id2label: dict[int, str] | None = None,
+        use_pooler: bool = False,
+    ) -> None:
         """Add a multiple choice head (inputs ``(batch, num_choices, seq)``).
 
         Raises:
             ValueError: if the name is taken and ``overwrite_ok`` is False.
         """
-        head = self.head_class("multiple_choice")(self, head_name, num_choices=num_choices, layers=layers,
-                                                  activation_function=activation_function, id2label=id2label,
-                                                  use_pooler=use_pooler)
+        head = self.head_class("multiple_choice")(
+            self,
+            head_name,
+            num_choices=num_choices,
+            layers=layers,
+            activation_function=activation_function,
+            id2label=id2label,
+            use_pooler=use_pooler,
+        )
         self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
-    def add_masked_lm_head(self, head_name: str, activation_function: str = "gelu", layers: int = 2,
-                           overwrite_ok: bool = False) -> None:
+    def add_masked_lm_head(
+        self, head_name: str, activation_function: str = "gelu", layers: int = 2, overwrite_ok: bool = False
+    ) -> None:
         """Add a BERT-style masked LM head whose output weight is tied to the input embeddings.
 
         Raises:
             ValueError: if the name is taken and ``overwrite_ok`` is False.
         """
-        head = self.head_class("masked_lm")(self, head_name, layers=layers,
-                                            activation_function=activation_function)
+        head = self.head_class("masked_lm")(
+            self, head_name, layers=layers, activation_function=activation_function
+        )
         self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
-    def add_causal_lm_head(self, head_name: str, activation_function: str = "gelu", layers: int = 2,
-                           overwrite_ok: bool = False) -> None:
+    def add_causal_lm_head(
+        self, head_name: str, activation_function: str = "gelu", layers: int = 2, overwrite_ok: bool = False
+    ) -> None:
         """Add a causal LM head (with LayerNorm and output bias) tied to the input embeddings.
 
         Raises:
             ValueError: if the name is taken and ``overwrite_ok`` is False.
         """
-        head = self.head_class("causal_lm")(self, head_name, layers=layers, layer_norm=True, bias=True,
-                                            activation_function=activation_function)
+        head = self.head_class("causal_lm")(
+            self,
+            head_name,
+            layers=layers,
+            layer_norm=True,
+            bias=True,
+            activation_function=activation_function,
+        )
         self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
     def register_custom_head(self, identifier: str, head_cls: type[PredictionHead]) -> None:
@@ -142,8 +207,14 @@ class FlexibleHeadsMixin:
         head_cls.head_type = head_cls.head_type or identifier
         self._custom_head_types[identifier] = head_cls
 
-    def add_custom_head(self, head_type: str, head_name: str, overwrite_ok: bool = False, set_active: bool = True,
-                        **kwargs: Any) -> None:
+    def add_custom_head(
+        self,
+        head_type: str,
+        head_name: str,
+        overwrite_ok: bool = False,
+        set_active: bool = True,
+        **kwargs: Any,
+    ) -> None:
         """Add a head of a type registered with `register_custom_head`."""
         head = self.head_class(head_type)(self, head_name, **kwargs)
         head.config["head_type"] = head_type
@@ -206,7 +277,9 @@ class FlexibleHeadsMixin:
 
     def _trainable_heads(self, names: frozenset[str]) -> None:
         """Freeze all heads except those in ``names`` (or the active head when none match)."""
-        chosen = {n for n in names if n in self.heads} or ({self._active_head} if self._active_head else set())
+        chosen = {n for n in names if n in self.heads} or (
+            {self._active_head} if self._active_head else set()
+        )
         base_params = {id(p) for p in self.base_model.parameters()}  # type: ignore[attr-defined]
         for name, head in self.heads.items():
             for param in head.parameters():

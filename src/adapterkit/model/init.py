@@ -31,8 +31,11 @@ def init(model: PreTrainedModel, architecture: ArchitectureSpec | None = None) -
         return model
     cls = type(model)
     if cls not in _CLASSES:
-        _CLASSES[cls] = type(cls.__name__, (ModelAdaptersMixin, cls), {"__module__": cls.__module__,
-                                                                        "__qualname__": cls.__qualname__})
+        _CLASSES[cls] = type(
+            cls.__name__,
+            (ModelAdaptersMixin, cls),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
     model.__class__ = _CLASSES[cls]
     try:
         model._init_adapters(architecture)

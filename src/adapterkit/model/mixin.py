@@ -74,7 +74,9 @@ class ModelAdaptersMixin:
         method = method_for(resolved)
         if adapter_name in self.adapters_config:
             if not overwrite_ok:
-                raise ValueError(f"an adapter named {adapter_name!r} exists already; pass overwrite_ok=True to replace it")
+                raise ValueError(
+                    f"an adapter named {adapter_name!r} exists already; pass overwrite_ok=True to replace it"
+                )
             self.delete_adapter(adapter_name)
         try:
             method.add(self._adapter_target, adapter_name, resolved)
@@ -108,7 +110,9 @@ class ModelAdaptersMixin:
         return [p for m in modules for p in m.parameters()]
 
     # ---- activation ------------------------------------------------------------------------
-    def set_active_adapters(self, adapter_setup: AdapterSetupSpec, skip_layers: list[int] | None = None) -> None:
+    def set_active_adapters(
+        self, adapter_setup: AdapterSetupSpec, skip_layers: list[int] | None = None
+    ) -> None:
         """Make ``adapter_setup`` run in every forward (until changed); None deactivates all.
 
         Merged LoRA/(IA)^3 weights are reset first, as in AdapterHub.
@@ -204,7 +208,9 @@ class ModelAdaptersMixin:
             method.reset(self._adapter_target)
 
     # ---- devices and summary ---------------------------------------------------------------
-    def adapter_to(self, name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+    def adapter_to(
+        self, name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         """Move and/or cast every module of adapter ``name``."""
         for per_layer in self.get_adapter(name).values():
             for module in per_layer.values():
@@ -218,7 +224,9 @@ class ModelAdaptersMixin:
         """
         adapter_param_ids: set[int] = set()
         rows: list[dict[str, Any]] = []
-        active = self.adapters_config.active_setup.flatten() if self.adapters_config.active_setup else frozenset()
+        active = (
+            self.adapters_config.active_setup.flatten() if self.adapters_config.active_setup else frozenset()
+        )
         for name, config in self.adapters_config.adapters.items():
             params = self._adapter_parameters(name)
             adapter_param_ids.update(id(p) for p in params)
@@ -234,9 +242,20 @@ class ModelAdaptersMixin:
         base = sum(p.numel() for p in self.base_model.parameters() if id(p) not in adapter_param_ids)  # type: ignore[attr-defined]
         for row in rows:
             row["%param"] = 100.0 * row["#param"] / base
-        rows.append({"name": "Full model", "architecture": "", "#param": base, "%param": 100.0, "active": "", "train": any(
-            p.requires_grad for p in self.base_model.parameters() if id(p) not in adapter_param_ids  # type: ignore[attr-defined]
-        )})
+        rows.append(
+            {
+                "name": "Full model",
+                "architecture": "",
+                "#param": base,
+                "%param": 100.0,
+                "active": "",
+                "train": any(
+                    p.requires_grad
+                    for p in self.base_model.parameters()
+                    if id(p) not in adapter_param_ids  # type: ignore[attr-defined]
+                ),
+            }
+        )
         if as_dict:
             return rows
         header = f"{'Name':<20}{'Architecture':<14}{'#Param':>12}{'%Param':>10}{'Active':>8}{'Train':>7}"
@@ -249,8 +268,14 @@ class ModelAdaptersMixin:
         return "\n".join(lines)
 
     # ---- persistence -----------------------------------------------------------------------
-    def save_adapter(self, save_directory: str | os.PathLike, adapter_name: str, meta_dict: dict | None = None,
-                     use_safetensors: bool = True, with_head: bool = True) -> None:
+    def save_adapter(
+        self,
+        save_directory: str | os.PathLike,
+        adapter_name: str,
+        meta_dict: dict | None = None,
+        use_safetensors: bool = True,
+        with_head: bool = True,
+    ) -> None:
         """Write ``adapter_config.json`` and the adapter weights to ``save_directory``.
 
         Args:
@@ -265,8 +290,14 @@ class ModelAdaptersMixin:
         """
         from ..io.adapter_io import save_adapter
 
-        save_adapter(self, save_directory, adapter_name, meta_dict=meta_dict, use_safetensors=use_safetensors,
-                     with_head=with_head)
+        save_adapter(
+            self,
+            save_directory,
+            adapter_name,
+            meta_dict=meta_dict,
+            use_safetensors=use_safetensors,
+            with_head=with_head,
+        )
 
     def load_adapter(
         self,
@@ -298,18 +329,35 @@ class ModelAdaptersMixin:
         """
         from ..io.adapter_io import load_adapter
 
-        return load_adapter(self, adapter_name_or_path, load_as=load_as, set_active=set_active, leave_out=leave_out,
-                            loading_info=loading_info, **kwargs)
+        return load_adapter(
+            self,
+            adapter_name_or_path,
+            load_as=load_as,
+            set_active=set_active,
+            leave_out=leave_out,
+            loading_info=loading_info,
+            **kwargs,
+        )
 
-    def save_all_adapters(self, save_directory: str | os.PathLike, meta_dict: dict | None = None,
-                          use_safetensors: bool = True, with_head: bool = True) -> None:
+    def save_all_adapters(
+        self,
+        save_directory: str | os.PathLike,
+        meta_dict: dict | None = None,
+        use_safetensors: bool = True,
+        with_head: bool = True,
+    ) -> None:
         """Save every adapter into its own sub-folder of ``save_directory``."""
         from ..configs import config_hash
 
         for name, config in self.adapters_config.adapters.items():
             meta = {"config_id": config_hash(config), **(meta_dict or {})}
-            self.save_adapter(os.path.join(save_directory, name), name, meta_dict=meta, use_safetensors=use_safetensors,
-                              with_head=with_head)
+            self.save_adapter(
+                os.path.join(save_directory, name),
+                name,
+                meta_dict=meta,
+                use_safetensors=use_safetensors,
+                with_head=with_head,
+            )
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """transformers' ``save_pretrained``, with the adapters recorded in ``config.json["adapters"]``."""
@@ -319,7 +367,9 @@ class ModelAdaptersMixin:
 
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name or any(c in name for c in ".,|[] "):
-        raise ValueError(f"adapter name {name!r} is not allowed; use a non-empty name without '.', ',', '|', '[', ']' or spaces")
+        raise ValueError(
+            f"adapter name {name!r} is not allowed; use a non-empty name without '.', ',', '|', '[', ']' or spaces"
+        )
 
 
 __all__ = ["AdapterMethod", "ModelAdaptersMixin"]

@@ -1,0 +1,8 @@
+"""``python -m adapterkit``: the same as the ``adapterkit`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
