@@ -198,9 +198,9 @@ def run_memory_probes(args, path: str) -> dict[str, Any]:
         if proc.returncode != 0 or line is None:
             raise RuntimeError(f"memory probe {config} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
         results[config] = json.loads(line[len(PROBE_MARK):])
-        print(f"  memory probe {config:<7} peak RSS {results[config]['peak_rss_mb']:8.1f} MiB "
-              f"(setup {results[config]['setup_rss_mb']:.1f} MiB, training +{results[config]['train_delta_mb']:.1f} MiB)",
-              flush=True)
+        got = results[config]
+        print(f"  memory probe {config:<7} peak RSS {got['peak_rss_mb']:8.1f} MiB (setup "
+              f"{got['setup_rss_mb']:.1f} MiB, training +{got['train_delta_mb']:.1f} MiB)", flush=True)
     return results
 
 
@@ -261,7 +261,7 @@ def run_training(args, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         return train_step(model, head, opt, batches[r % len(batches)])
 
     out = timed_rounds("train", TRAIN_CONFIGS, args.train_warmup, args.train_steps, one)
-    del built
+    built.clear()
     gc.collect()
     return out, counts
 
@@ -275,7 +275,7 @@ def run_inference(args, path: str) -> dict[str, Any]:
         return infer_once(model, head, batch)
 
     out = timed_rounds("infer", INFER_VARIANTS, args.infer_warmup, args.infer_runs, one)
-    del built
+    built.clear()
     gc.collect()
     return out
 
@@ -301,8 +301,8 @@ def machine_info() -> dict[str, Any]:
 
     return {
         "cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": usable, "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "adapterkit": adapterkit.__version__,
+        "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "adapterkit": adapterkit.__version__,
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
     }
 
@@ -313,7 +313,7 @@ def compute_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
     for name, (kn, vn), (kd, vd), target in RATIOS:
         num, den = results[kn][vn], results[kd][vd]
         ratio = num["median_s"] / den["median_s"]
-        paired = statistics.median(a / b for a, b in zip(num["samples_s"], den["samples_s"]))
+        paired = statistics.median(a / b for a, b in zip(num["samples_s"], den["samples_s"], strict=True))
         cpu = num["cpu_median_s"] / den["cpu_median_s"]
         row = {"name": name, "ratio": ratio, "median_of_paired_ratios": paired, "cpu_time_ratio": cpu,
                "target": target}
@@ -342,7 +342,8 @@ def report(results: dict[str, Any]) -> str:
                  f"{s['infer_runs']} timed runs each (round-robin)")
     lines.append("")
     mem = results.get("memory", {})
-    lines.append(f"Training step (forward + backward + AdamW step + zero_grad); {_fmt_load(results['train'])}")
+    lines.append("Training step (forward + backward + AdamW step + zero_grad); "
+                 f"{_fmt_load(results['train'])}")
     lines.append(f"{'config':<10}{'median s':>10}{'min s':>8}{'p25-p75 s':>14}{'CPU s':>8}{'trainable':>12}"
                  f"{'share':>8}{'peak RSS MiB':>14}{'train +MiB':>12}")
     for c in TRAIN_CONFIGS:

@@ -14,7 +14,8 @@ from adapterkit import AutoAdapterModel, Stack
 from adapterkit.training import EXTRA_TRAINABLE_NAME, AdapterTrainer, load_adapter_checkpoint
 from tiny import randomize
 
-FULL_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+FULL_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
 
 
 def _config() -> BertConfig:
@@ -182,6 +183,13 @@ def test_refuses_frozen_adapter(tmp_path):
     trainer = AdapterTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=_data(8))
     with pytest.raises(ValueError, match=r"no parameter of the active adapters.*trainable"):
         trainer.train()
+
+
+def test_model_init_with_adapter_names(tmp_path):
+    trainer = AdapterTrainer(model_init=lambda: _model(), args=_args(tmp_path, max_steps=1, save_strategy="no"),
+                             train_dataset=_data(8), adapter_names="task")
+    assert trainer.train().global_step == 1
+    assert trainer.model.adapters_config.active_setup == Stack("task")
 
 
 def test_gradient_accumulation_matches_large_batch(tmp_path):

@@ -20,7 +20,7 @@ from .configs import (
     SeqBnConfig,
 )
 from .context import AdapterSetup, ForwardContext
-from .heads import ClassificationHead, MultiLabelClassificationHead, PredictionHead
+from .heads import ClassificationHead, MultiLabelClassificationHead, PredictionHead, register_head_type
 from .integration import ArchitectureSpec, SubBlock, register_architecture
 from .methods import AdapterMethod, register_method
 from .model import AutoAdapterModel, ModelAdaptersConfig, ModelAdaptersMixin, init
@@ -64,5 +64,6 @@ __all__ = [
     "init",
     "parse_composition",
     "register_architecture",
+    "register_head_type",
     "register_method",
 ]

@@ -9,6 +9,8 @@ separately; a context is created fresh for each forward and reset when it ends.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -91,3 +93,22 @@ class ForwardContext:
         _forward_context.reset(self._token)
         self._token = None
         return True
+
+
+@contextlib.contextmanager
+def _reentered(ctx: ForwardContext | None) -> Iterator[None]:
+    """Make ``ctx`` current again (for a recomputation that runs after its forward ended)."""
+    if ctx is None or _forward_context.get() is not None:
+        yield
+        return
+    token = _forward_context.set(ctx)
+    try:
+        yield
+    finally:
+        _forward_context.reset(token)
+
+
+def checkpoint_context_fn() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """``context_fn`` for ``torch.utils.checkpoint``: the recomputation in the backward pass runs
+    inside the forward context of the original forward, so it applies the same adapters."""
+    return contextlib.nullcontext(), _reentered(ForwardContext.get_context())

@@ -344,6 +344,9 @@ def load_adapter_checkpoint(model: ModelAdaptersMixin, checkpoint: str | os.Path
     before = dict(model.named_parameters())
     order = [n for n in model.adapters_config if n in adapter_dirs]
     order += [n for n in adapter_dirs if n not in order]
+    quiet = _DropReloadWarning()
+    io_logger = logging.getLogger("adapterkit.io.adapter_io")
+    io_logger.addFilter(quiet)
     try:
         for name in order:
             model.load_adapter(os.path.join(checkpoint, name), load_as=name)
@@ -355,6 +358,7 @@ def load_adapter_checkpoint(model: ModelAdaptersMixin, checkpoint: str | os.Path
                 continue
             _load_head(model, head_data, Path(path), name, name, None)
     finally:
+        io_logger.removeFilter(quiet)
         _restore_parameter_objects(model, before)
         model.set_active_adapters(setup, skip_layers=sorted(skip_layers) or None)
         if active_head is not None and active_head in getattr(model, "heads", {}):
@@ -369,6 +373,13 @@ def load_adapter_checkpoint(model: ModelAdaptersMixin, checkpoint: str | os.Path
         with torch.no_grad():
             for key, tensor in extras.items():
                 params[key].copy_(tensor.to(params[key].dtype))
+
+
+class _DropReloadWarning(logging.Filter):
+    """Hides `load_adapter`'s "overwriting existing adapter" warning: here reloading is the point."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("overwriting existing adapter")
 
 
 def _restore_parameter_objects(model: nn.Module, before: dict[str, nn.Parameter]) -> None:

@@ -213,3 +213,21 @@ def test_init_custom_architecture_entry():
         model.add_adapter("l", config="lora", set_active=True)
         randomize(model, "l")
         assert not torch.allclose(model(**inputs).last_hidden_state, base)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_gradient_checkpointing_gives_same_gradients(arch):
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(arch)
+        model.add_adapter("a", config="double_seq_bn")
+        model.add_adapter("l", config="lora")
+        randomize(model, "a")
+        model.train_adapter(["a", "l"])
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model(**tiny_inputs()).last_hidden_state.pow(2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)

@@ -21,8 +21,27 @@ HEAD_TYPES: dict[str, type[PredictionHead]] = {
     )
 }
 
+
+
+def register_head_type(head_cls: type[PredictionHead], head_type: str | None = None) -> None:
+    """Make ``head_cls`` known to every model, so saved models with such heads load.
+
+    Args:
+        head_cls: a `PredictionHead` subclass.
+        head_type: the name saved in head configs (default: ``head_cls.head_type``).
+
+    Raises:
+        ValueError: if no head type name is given or set on the class.
+    """
+    name = head_type or head_cls.head_type
+    if not name:
+        raise ValueError(f"{head_cls.__name__} has no head_type; pass head_type=...")
+    HEAD_TYPES[name] = head_cls
+
+
 __all__ = [
     "HEAD_TYPES",
+    "register_head_type",
     "BertStyleMaskedLMHead",
     "CausalLMHead",
     "ClassificationHead",

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..composition import AdapterCompositionBlock, AdapterSetupSpec, parse_composition
 from ..configs import DEFAULT_ADAPTER_CONFIG, AdapterConfig
+from ..context import checkpoint_context_fn
 from ..integration.architectures import ArchitectureSpec
 from ..integration.target import ModelTarget
 from ..methods import AdapterMethod, LayerModules, method_for, registered_methods
@@ -188,6 +189,27 @@ class ModelAdaptersMixin:
             for param in self.get_input_embeddings().parameters():  # type: ignore[attr-defined]
                 param.requires_grad = True
         self.set_active_adapters(setup)
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """transformers' activation (gradient) checkpointing, made to recompute layers with the same adapters.
+
+        transformers checkpoints each layer's ``forward``; the recomputation in the backward pass
+        runs after this forward's context closed, so a ``context_fn`` re-enters it. That needs
+        non-reentrant checkpointing (``use_reentrant=False``, transformers' default).
+
+        Raises:
+            ValueError: for ``use_reentrant=True`` or a ``context_fn`` of the caller's.
+        """
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        if kwargs["use_reentrant"] or "context_fn" in kwargs:
+            raise ValueError(
+                "adapter models need non-reentrant checkpointing with adapterkit's context_fn; "
+                "do not pass use_reentrant=True or context_fn"
+            )
+        kwargs["context_fn"] = checkpoint_context_fn
+        super().activation_checkpointing_enable(kwargs, every_n_layers=every_n_layers, offload=offload)  # type: ignore[misc]
 
     # ---- merging ---------------------------------------------------------------------------
     def merge_adapter(self, name: str) -> None:
