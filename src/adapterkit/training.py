@@ -20,7 +20,6 @@ import inspect
 import logging
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .io import CONFIG_NAME, HEAD_CONFIG_NAME
-from .io.adapter_io import _load_head, _read_head, save_head
+from .io.adapter_io import load_head, save_head
 from .model.mixin import ModelAdaptersMixin
 
 logger = logging.getLogger(__name__)
@@ -78,16 +77,11 @@ class AdapterTrainer(Trainer):
             _activate_and_check(self.model, None)
 
         unwrapped = self._adapter_model()
-        # AdapterModel.forward takes **kwargs, so transformers finds no label argument: use the head's
+        # a head with other label inputs (e.g. QA's start/end positions): use the head's names
         if self.args.label_names is None and not self.label_names:
             head = _active_head_module(unwrapped)
             if head is not None:
                 self.label_names = list(head.get_label_names())
-        # ... and believes the model normalises the loss by `num_items_in_batch` (it would then skip
-        # dividing by the gradient accumulation steps). Flexible heads return a per-batch mean.
-        if (unwrapped is not None and hasattr(unwrapped, "heads")
-                and not hasattr(unwrapped, "accepts_loss_kwargs")):
-            self.model_accepts_loss_kwargs = False
         self.add_callback(_AdapterTrainerCallback())
 
     # ---- model set-up --------------------------------------------------------------------------
@@ -113,9 +107,9 @@ class AdapterTrainer(Trainer):
     def _set_signature_columns_if_needed(self) -> None:
         """transformers' column filter, also keeping the base model's inputs.
 
-        Overridden because ``AdapterModel.forward`` names only ``input_ids`` and ``attention_mask``
-        and passes the rest through ``**kwargs``: transformers would drop ``token_type_ids``,
-        ``position_ids`` and the like from every batch (``remove_unused_columns=True``).
+        Overridden because ``AdapterModel.forward`` names only the common inputs and passes the rest
+        (other base-model inputs, custom heads' label inputs) through ``**kwargs``: transformers
+        would drop those columns from every batch (``remove_unused_columns=True``).
         """
         if self._signature_columns is not None:
             return
@@ -352,11 +346,10 @@ def load_adapter_checkpoint(model: ModelAdaptersMixin, checkpoint: str | os.Path
             model.load_adapter(os.path.join(checkpoint, name), load_as=name)
         for name in head_dirs:
             path = os.path.join(checkpoint, name)
-            head_data = _read_head(Path(path)) if getattr(model, "heads", None) is not None else None
-            if head_data is None:
-                logger.warning("skipping head folder %s: no flexible heads, or a static head", path)
+            if getattr(model, "heads", None) is None:
+                logger.warning("skipping head folder %s: the model has no flexible heads", path)
                 continue
-            _load_head(model, head_data, Path(path), name, name, None)
+            load_head(model, path, load_as=name)
     finally:
         io_logger.removeFilter(quiet)
         _restore_parameter_objects(model, before)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_inputs, tiny_model
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from adapterkit import AdapterSetup, PredictionHead
+from tiny import tiny_inputs, tiny_model
 
 
 def test_classification_loss_and_layout(bert):

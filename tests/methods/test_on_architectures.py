@@ -151,3 +151,13 @@ def test_set_active_adapters_resets_merge():
     model.merge_adapter("a")
     model.set_active_adapters("a")
     assert torch.equal(model.bert.encoder.layer[0].attention.self.query.weight, weight)
+
+
+@pytest.mark.parametrize("method", ["double_seq_bn", "lora", "ia3"])
+def test_adapters_follow_model_dtype(method):
+    model = tiny_model("llama").to(torch.bfloat16)
+    model.add_adapter("a", config=method, set_active=True)
+    randomize(model, "a")
+    assert all(p.dtype == torch.bfloat16 for m in model.get_adapter("a").values() for x in m.values()
+               for p in x.parameters())
+    assert _hidden(model).dtype == torch.bfloat16

@@ -1,6 +1,6 @@
 """Reading and writing adapters in AdapterHub's folder format."""
 
-from .adapter_io import load_adapter, save_adapter, save_head
+from .adapter_io import load_adapter, load_head, save_adapter, save_head
 from .files import (
     CONFIG_NAME,
     HEAD_CONFIG_NAME,
@@ -18,6 +18,7 @@ __all__ = [
     "SAFE_WEIGHTS_NAME",
     "WEIGHTS_NAME",
     "load_adapter",
+    "load_head",
     "save_adapter",
     "save_head",
 ]

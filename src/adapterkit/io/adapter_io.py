@@ -266,6 +266,26 @@ def load_adapter(
     return name
 
 
+def load_head(model: nn.Module, save_directory: str | os.PathLike, load_as: str | None = None,
+              id2label: dict[int, str] | None = None) -> str:
+    """Load a head folder (``head_config.json`` + weights) into a flexible-head model. Returns its name.
+
+    Raises:
+        FileNotFoundError: if the folder has no head files.
+        ValueError: for a static (non-flexible) head or weights that do not fit; the model keeps its heads.
+    """
+    path = Path(save_directory)
+    if not (path / HEAD_CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"no head at {path}: expected {HEAD_CONFIG_NAME}")
+    head_data = _read_head(path)
+    if head_data is None:
+        raise ValueError(f"{path} holds a static model head, which this version cannot convert to a flexible head")
+    saved_name = head_data[0].get("name") or path.name
+    name = load_as or saved_name
+    _load_head(model, head_data, path, saved_name, name, id2label)
+    return name
+
+
 def _read_head(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
     if not (path / HEAD_CONFIG_NAME).is_file():
         return None

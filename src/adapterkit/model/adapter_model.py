@@ -26,6 +26,8 @@ class AdapterModel(FlexibleHeadsMixin, ModelAdaptersMixin):
     """Behaviour shared by every ``XxxAdapterModel``; combine with a ``XxxPreTrainedModel`` to use."""
 
     _base_class: type[PreTrainedModel]
+    # heads return a per-batch mean loss; the Trainer must scale it for gradient accumulation itself
+    accepts_loss_kwargs = False
 
     def __init__(self, config: PretrainedConfig, *args: Any, **kwargs: Any):
         super().__init__(config, *args, **kwargs)
@@ -39,6 +41,12 @@ class AdapterModel(FlexibleHeadsMixin, ModelAdaptersMixin):
         self,
         input_ids: Any = None,
         attention_mask: Any = None,
+        token_type_ids: Any = None,
+        position_ids: Any = None,
+        inputs_embeds: Any = None,
+        labels: Any = None,
+        start_positions: Any = None,
+        end_positions: Any = None,
         head: str | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
@@ -55,6 +63,10 @@ class AdapterModel(FlexibleHeadsMixin, ModelAdaptersMixin):
             The head's output, or the base model's output when no head is chosen.
         """
         return_dict = True if return_dict is None else return_dict
+        # named so the Trainer keeps these dataset columns; only the given ones reach the models
+        named = {"token_type_ids": token_type_ids, "position_ids": position_ids, "inputs_embeds": inputs_embeds,
+                 "labels": labels, "start_positions": start_positions, "end_positions": end_positions}
+        kwargs.update({k: v for k, v in named.items() if v is not None})
         head_name = self._resolve_head(head)
         head_module = self.heads[head_name] if head_name in self.heads else None
         if head_name is not None and head_module is None:

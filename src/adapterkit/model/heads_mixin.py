@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from torch import nn
@@ -232,6 +233,27 @@ class FlexibleHeadsMixin:
                 del tied[key]
         if self._active_head == head_name:
             self._active_head = None
+
+    # ---- persistence -----------------------------------------------------------------------
+    def save_head(self, save_directory: str | os.PathLike, head_name: str, use_safetensors: bool = True) -> None:
+        """Write head ``head_name`` to a folder (``head_config.json`` + ``model_head.safetensors``)."""
+        from ..io import save_head
+
+        if head_name not in self.heads:
+            raise ValueError(f"no head named {head_name!r}; this model has {sorted(self.heads)}")
+        save_head(self, save_directory, head_name, use_safetensors=use_safetensors)
+
+    def load_head(self, save_directory: str | os.PathLike, load_as: str | None = None,
+                  id2label: dict[int, str] | None = None) -> str:
+        """Load a head folder written by `save_head` (or AdapterHub). Returns the head's name."""
+        from ..io import load_head
+
+        return load_head(self, save_directory, load_as=load_as, id2label=id2label)
+
+    def save_all_heads(self, save_directory: str | os.PathLike, use_safetensors: bool = True) -> None:
+        """Save every head into its own sub-folder of ``save_directory``."""
+        for name in self.heads:
+            self.save_head(os.path.join(save_directory, name), name, use_safetensors=use_safetensors)
 
     # ---- activation ------------------------------------------------------------------------
     @property
