@@ -53,6 +53,7 @@ INFER_VARIANTS = ("base", "base_inactive", "seq_bn", "lora", "lora_merged")
 ADAPTER_CONFIG = {"seq_bn": "seq_bn", "lora": "lora"}  # default LoRA: q,v, r=8, alpha=8
 ADAPTER = "a"
 PROBE_MARK = "@@MEMORY_PROBE@@"
+MIN_QUIET = 3  # quiet samples needed on both sides for a quiet-only ratio
 
 # (name, numerator, denominator, kind, target or None)
 RATIOS = [
@@ -227,26 +228,64 @@ def loadavg() -> list[float] | None:
         return None
 
 
-def timed_rounds(label: str, names: tuple[str, ...], warmup: int, timed: int, run_one) -> dict[str, Any]:
-    """Run ``run_one(name, round)`` round-robin; per name, the timed wall and CPU samples in round order."""
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def system_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy (all cores; includes hypervisor steal), or None."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    return (sum(vals) - vals[3] - vals[4]) / _CLK_TCK
+
+
+def own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def timed_rounds(label: str, names: tuple[str, ...], warmup: int, timed: int, run_one,
+                 quiet_threshold: float) -> dict[str, Any]:
+    """Run ``run_one(name, round)`` round-robin; per name, the timed samples in round order.
+
+    Each sample also records the CPU time that *other* processes (and hypervisor steal) used while
+    it ran, in cores: (machine busy time - this process's CPU time) / wall time. Samples at or
+    below ``quiet_threshold`` cores count as quiet.
+    """
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
+    foreign: dict[str, list[float | None]] = {n: [] for n in names}
     total = warmup + timed
     load_before = loadavg()
     gc.collect()
     gc.disable()
     try:
         for r, name in rounds(names, total):
+            busy0, own0 = system_busy_s(), own_cpu_s()
             dt, dc = run_one(name, r)
+            busy1, own1 = system_busy_s(), own_cpu_s()
+            other = None
+            if busy0 is not None and busy1 is not None:
+                other = max(0.0, (busy1 - busy0) - (own1 - own0)) / dt
             if r >= warmup:
                 wall[name].append(dt)
                 cpu[name].append(dc)
+                foreign[name].append(other)
+            other_txt = f", other load {other:.2f} cores" if other is not None else ""
             print(f"  {label} round {r + 1}/{total}{' (warm-up)' if r < warmup else ''} {name:<13} "
-                  f"{dt:.3f} s wall, {dc:.3f} s CPU", flush=True)
+                  f"{dt:.3f} s wall, {dc:.3f} s CPU{other_txt}", flush=True)
     finally:
         gc.enable()
-    out = {n: summary(wall[n]) | {"cpu_median_s": statistics.median(cpu[n]), "cpu_samples_s": cpu[n]}
-           for n in names}
+    out: dict[str, Any] = {}
+    for n in names:
+        quiet = [w for w, f in zip(wall[n], foreign[n], strict=True) if f is not None and f <= quiet_threshold]
+        out[n] = summary(wall[n]) | {
+            "cpu_median_s": statistics.median(cpu[n]), "cpu_samples_s": cpu[n],
+            "other_load_cores": foreign[n], "quiet_n": len(quiet),
+            "quiet_median_s": statistics.median(quiet) if quiet else None,
+        }
     out["_loadavg"] = {"before": load_before, "after": loadavg()}
     return out
 
@@ -260,7 +299,7 @@ def run_training(args, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         model, head, opt = built[config]
         return train_step(model, head, opt, batches[r % len(batches)])
 
-    out = timed_rounds("train", TRAIN_CONFIGS, args.train_warmup, args.train_steps, one)
+    out = timed_rounds("train", TRAIN_CONFIGS, args.train_warmup, args.train_steps, one, args.quiet_threshold)
     built.clear()
     gc.collect()
     return out, counts
@@ -274,7 +313,7 @@ def run_inference(args, path: str) -> dict[str, Any]:
         model, head = built[variant]
         return infer_once(model, head, batch)
 
-    out = timed_rounds("infer", INFER_VARIANTS, args.infer_warmup, args.infer_runs, one)
+    out = timed_rounds("infer", INFER_VARIANTS, args.infer_warmup, args.infer_runs, one, args.quiet_threshold)
     built.clear()
     gc.collect()
     return out
@@ -308,17 +347,37 @@ def machine_info() -> dict[str, Any]:
 
 
 # ---- report ------------------------------------------------------------------------------------
+def bootstrap_ci(pairs: list[tuple[float, float]], reps: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of median(num) / median(den), resampling whole rounds."""
+    import random
+
+    rng = random.Random(seed)
+    n = len(pairs)
+    stats = []
+    for _ in range(reps):
+        sample = [pairs[rng.randrange(n)] for _ in range(n)]
+        stats.append(statistics.median(a for a, _ in sample) / statistics.median(b for _, b in sample))
+    stats.sort()
+    return stats[int(0.025 * (reps - 1))], stats[int(0.975 * (reps - 1))]
+
+
 def compute_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for name, (kn, vn), (kd, vd), target in RATIOS:
         num, den = results[kn][vn], results[kd][vd]
         ratio = num["median_s"] / den["median_s"]
         paired = statistics.median(a / b for a, b in zip(num["samples_s"], den["samples_s"], strict=True))
+        lo, hi = bootstrap_ci(list(zip(num["samples_s"], den["samples_s"], strict=True)))
         cpu = num["cpu_median_s"] / den["cpu_median_s"]
-        row = {"name": name, "ratio": ratio, "median_of_paired_ratios": paired, "cpu_time_ratio": cpu,
+        quiet = None
+        if min(num["quiet_n"], den["quiet_n"]) >= MIN_QUIET:
+            quiet = num["quiet_median_s"] / den["quiet_median_s"]
+        row = {"name": name, "ratio": ratio, "ci95": [lo, hi], "median_of_paired_ratios": paired,
+               "cpu_time_ratio": cpu, "min_ratio": num["min_s"] / den["min_s"], "quiet_ratio": quiet,
                "target": target}
         if target is not None:
             row["pass"] = ratio <= target
+            row["quiet_pass"] = None if quiet is None else quiet <= target
         out.append(row)
     return out
 
@@ -327,6 +386,10 @@ def _fmt_load(phase: dict[str, Any]) -> str:
     la = phase.get("_loadavg", {})
     b, a = la.get("before"), la.get("after")
     return f"load avg (1 min) {b[0]:.2f} before, {a[0]:.2f} after" if b and a else "load avg unknown"
+
+
+def _quiet(t: dict[str, Any]) -> str:
+    return f"{t['quiet_median_s']:.3f} ({t['quiet_n']})" if t["quiet_n"] else f"- ({t['quiet_n']})"
 
 
 def report(results: dict[str, Any]) -> str:
@@ -344,54 +407,66 @@ def report(results: dict[str, Any]) -> str:
     mem = results.get("memory", {})
     lines.append("Training step (forward + backward + AdamW step + zero_grad); "
                  f"{_fmt_load(results['train'])}")
-    lines.append(f"{'config':<10}{'median s':>10}{'min s':>8}{'p25-p75 s':>14}{'CPU s':>8}{'trainable':>12}"
-                 f"{'share':>8}{'peak RSS MiB':>14}{'train +MiB':>12}")
+    lines.append(f"{'config':<8}{'median s':>9}{'min s':>7}{'p25-p75 s':>13}{'quiet med (n)':>15}{'CPU s':>7}"
+                 f"{'trainable':>12}{'share':>8}{'peak RSS':>10}{'train +':>9}")
     for c in TRAIN_CONFIGS:
         t = results["train"][c]
         pc = results["params"][c]
         mm = mem.get(c)
         peak = f"{mm['peak_rss_mb']:.0f}" if mm else "-"
         delta = f"{mm['train_delta_mb']:.0f}" if mm else "-"
-        lines.append(f"{c:<10}{t['median_s']:>10.3f}{t['min_s']:>8.3f}{t['p25_s']:>7.3f}-{t['p75_s']:.3f}"
-                     f"{t['cpu_median_s']:>8.3f}{pc['trainable']:>12,}{pc['share_pct']:>7.2f}%{peak:>14}{delta:>12}")
-    lines.append("  CPU s = median process CPU time (both threads); trainable = adapter + classification")
-    lines.append("  head (full: every parameter); share = trainable / all parameters of that model;")
-    lines.append("  peak RSS = ru_maxrss of a fresh subprocess running only that config;")
-    lines.append("  train +MiB = peak minus the peak after import + load + setup in that subprocess")
+        lines.append(f"{c:<8}{t['median_s']:>9.3f}{t['min_s']:>7.3f}{t['p25_s']:>7.3f}-{t['p75_s']:.3f}"
+                     f"{_quiet(t):>15}{t['cpu_median_s']:>7.3f}{pc['trainable']:>12,}{pc['share_pct']:>7.2f}%"
+                     f"{peak:>10}{delta:>9}")
+    lines.append("  quiet = samples during which other processes used <= "
+                 f"{s['quiet_threshold']} cores; CPU s = median process CPU")
+    lines.append("  time (all threads); trainable = adapter + classification head (full: every parameter);")
+    lines.append("  share = trainable / all parameters of that model; peak RSS (MiB) = ru_maxrss of a fresh")
+    lines.append("  subprocess running only that config; train + (MiB) = peak minus the peak after")
+    lines.append("  import + load + setup in that subprocess")
     for c in ("seq_bn", "lora"):
         pc = results["params"][c]
         lines.append(f"  {c}: adapter {pc['trainable_excl_head']:,} + head {pc['trainable_head']:,} "
                      f"of {pc['total']:,} parameters")
     lines.append("")
     lines.append(f"Inference (eval, no_grad, one forward of the batch); {_fmt_load(results['infer'])}")
-    lines.append(f"{'variant':<15}{'median s':>10}{'min s':>8}{'p25-p75 s':>14}{'CPU s':>8}")
+    lines.append(f"{'variant':<15}{'median s':>9}{'min s':>7}{'p25-p75 s':>13}{'quiet med (n)':>15}{'CPU s':>7}")
     for v in INFER_VARIANTS:
         t = results["infer"][v]
-        lines.append(f"{v:<15}{t['median_s']:>10.3f}{t['min_s']:>8.3f}{t['p25_s']:>7.3f}-{t['p75_s']:.3f}"
-                     f"{t['cpu_median_s']:>8.3f}")
+        lines.append(f"{v:<15}{t['median_s']:>9.3f}{t['min_s']:>7.3f}{t['p25_s']:>7.3f}-{t['p75_s']:.3f}"
+                     f"{_quiet(t):>15}{t['cpu_median_s']:>7.3f}")
     lines.append("  base = no adapters added; base_inactive = seq_bn + LoRA added, none active")
     lines.append("")
-    lines.append("Ratios: value = median / median of the same run (used for PASS/FAIL); paired = median of")
-    lines.append("per-round ratios; CPU = ratio of median CPU times")
-    lines.append(f"{'ratio':<34}{'value':>8}{'paired':>8}{'CPU':>8}{'target':>9}  result")
+    lines.append("Ratios against the same run's baseline. value = median / median (all samples; decides")
+    lines.append("result); 95% CI = bootstrap over rounds; paired = median of per-round ratios; quiet =")
+    lines.append(f"quiet-sample medians (needs >= {MIN_QUIET} each); min = min / min; CPU = median CPU times")
+    lines.append(f"{'ratio':<32}{'value':>7}{'95% CI':>13}{'paired':>7}{'quiet':>7}{'min':>7}{'CPU':>7}"
+                 f"{'target':>8}  result (quiet)")
     for r in results["ratios"]:
         tgt = f"<={r['target']:.2f}" if r["target"] is not None else "-"
         res = ("PASS" if r["pass"] else "FAIL") if r["target"] is not None else "(info)"
-        lines.append(f"{r['name']:<34}{r['ratio']:>8.3f}{r['median_of_paired_ratios']:>8.3f}"
-                     f"{r['cpu_time_ratio']:>8.3f}{tgt:>9}  {res}")
+        if r["target"] is not None:
+            qp = r["quiet_pass"]
+            res += " (" + ("n/a" if qp is None else "PASS" if qp else "FAIL") + ")"
+        ci = f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}"
+        quiet = f"{r['quiet_ratio']:.3f}" if r["quiet_ratio"] is not None else "-"
+        lines.append(f"{r['name'][:32]:<32}{r['ratio']:>7.3f}{ci:>13}{r['median_of_paired_ratios']:>7.3f}"
+                     f"{quiet:>7}{r['min_ratio']:>7.3f}{r['cpu_time_ratio']:>7.3f}{tgt:>8}  {res}")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train-steps", type=int, default=10, help="timed training steps per configuration")
+    ap.add_argument("--train-steps", type=int, default=12, help="timed training steps per configuration")
     ap.add_argument("--train-warmup", type=int, default=2, help="untimed warm-up steps per configuration")
-    ap.add_argument("--infer-runs", type=int, default=10, help="timed inference runs per variant")
+    ap.add_argument("--infer-runs", type=int, default=15, help="timed inference runs per variant")
     ap.add_argument("--infer-warmup", type=int, default=2, help="untimed inference runs per variant")
     ap.add_argument("--memory-steps", type=int, default=2, help="training steps in each memory subprocess")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--quiet-threshold", type=float, default=0.1, metavar="CORES",
+                    help="a sample is 'quiet' if other processes used at most this many cores meanwhile")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
@@ -411,7 +486,7 @@ def main() -> None:
     start = time.perf_counter()
     results: dict[str, Any] = {"machine": machine_info(), "settings": {
         k: getattr(args, k) for k in ("threads", "batch", "seq", "seed", "train_steps", "train_warmup",
-                                      "infer_runs", "infer_warmup", "memory_steps")
+                                      "infer_runs", "infer_warmup", "memory_steps", "quiet_threshold")
     } | {"model_path": str(path), "lora_config": "lora (q,v r=8 alpha=8)", "seq_bn_config": "seq_bn"}}
     if not args.no_memory:
         print("Peak memory (one fresh subprocess per configuration)", flush=True)

@@ -20,6 +20,8 @@ def test_quickstart_end_to_end(tmp_path):
         sentences,
         out_dir,
         epochs=2,
+        # one thread: on a shared CPU, two OpenMP threads can spin-wait each other ~10x slower
+        num_threads=1,
         progress=False,
         log=lines.append,
     )

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     quick = commands.add_parser(
         "quickstart",
-        help="train, save, reload and use a sentiment adapter on all-MiniLM-L6-v2 (CPU, a few minutes)",
+        help="train, save, reload and use a sentiment adapter on all-MiniLM-L6-v2 (CPU, about a minute)",
         description=(
             "Train a seq_bn adapter and a classification head on adapterkit's bundled 400-sentence "
             "sentiment sample (320 train / 80 held out), print held-out accuracy before and after, "
