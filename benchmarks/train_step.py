@@ -18,13 +18,17 @@ Everything is measured in ONE run so that ratios compare numbers taken under the
    configuration rotates every round) so that machine drift hits all of them alike. Warm-up
    rounds are not timed. Reported: median per configuration.
 3. Inference (eval mode, ``torch.no_grad()``): one forward of the batch through the model and its
-   classification head, for base (no adapters), base with both adapters added but none active,
-   seq_bn active, LoRA active (unmerged) and LoRA merged into the weights (``merge_adapter``).
-   Each variant is its own model instance; variants are run round-robin with a rotating start.
+   classification head, for base (no adapters), a second identical base instance (an A/A check of
+   the noise floor), base with both adapters added but none active, seq_bn active, LoRA active
+   (unmerged) and LoRA merged into the weights (``merge_adapter``). Each variant is its own model
+   instance; variants are run round-robin with a rotating start.
 
 Ratios are ratios of medians against the baseline of the same run (full-FT step, base
-inference). The median of per-round ratios (rounds are interleaved, so each pair shares
-conditions) is printed alongside as a robustness check; PASS/FAIL uses the ratio of medians.
+inference); PASS/FAIL uses them. Printed alongside: a bootstrap 95% interval (resampling rounds),
+the median of per-round ratios, the ratio of minima, the ratio of median CPU times, and a
+"quiet" ratio over samples during which other processes used at most ``--quiet-threshold``
+cores (measured from /proc/stat), because on a shared 2-core machine a competing process slows
+a 2-thread step several-fold.
 
 Usage::
 
@@ -49,7 +53,7 @@ from typing import Any
 import torch
 
 TRAIN_CONFIGS = ("full", "seq_bn", "lora")
-INFER_VARIANTS = ("base", "base_inactive", "seq_bn", "lora", "lora_merged")
+INFER_VARIANTS = ("base", "base_copy", "base_inactive", "seq_bn", "lora", "lora_merged")
 ADAPTER_CONFIG = {"seq_bn": "seq_bn", "lora": "lora"}  # default LoRA: q,v, r=8, alpha=8
 ADAPTER = "a"
 PROBE_MARK = "@@MEMORY_PROBE@@"
@@ -63,6 +67,7 @@ RATIOS = [
     ("merged LoRA inference / base", ("infer", "lora_merged"), ("infer", "base"), 1.01),
     ("unmerged LoRA inference / base", ("infer", "lora"), ("infer", "base"), None),
     ("base, adapters inactive / base", ("infer", "base_inactive"), ("infer", "base"), None),
+    ("base copy / base (A/A noise)", ("infer", "base_copy"), ("infer", "base"), None),
 ]
 
 
@@ -80,15 +85,22 @@ def make_batches(vocab_size: int, batch: int, seq: int, n: int, seed: int) -> li
     out = []
     for _ in range(n):
         ids = torch.randint(0, vocab_size, (batch, seq), generator=g)
-        out.append({
-            "input_ids": ids,
-            "attention_mask": torch.ones_like(ids),
-            "labels": torch.randint(0, 2, (batch,), generator=g),
-        })
+        out.append(
+            {
+                "input_ids": ids,
+                "attention_mask": torch.ones_like(ids),
+                "labels": torch.randint(0, 2, (batch,), generator=g),
+            }
+        )
     return out
 
 
+# Diagnostic only (--dropout-off): model config values overridden at load time.
+CONFIG_OVERRIDES: dict[str, Any] = {}
+
+
 def load_model(path: str, seed: int):
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     from adapterkit import AutoAdapterModel
@@ -96,7 +108,8 @@ def load_model(path: str, seed: int):
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
-    return AutoAdapterModel.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path, **CONFIG_OVERRIDES)
+    return AutoAdapterModel.from_pretrained(path, config=config)
 
 
 def build_train(path: str, config: str, seed: int):
@@ -119,7 +132,7 @@ def build_train(path: str, config: str, seed: int):
 def build_infer(path: str, variant: str, seed: int):
     """(model, head name) for one inference variant, in eval mode."""
     model = load_model(path, seed)
-    if variant == "base":
+    if variant in ("base", "base_copy"):  # base_copy: a second identical instance, an A/A noise check
         head = "base"
         model.add_classification_head(head, num_labels=2)
     elif variant == "base_inactive":
@@ -168,15 +181,26 @@ def param_counts(model) -> dict[str, Any]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     head = sum(p.numel() for p in model.heads.parameters() if p.requires_grad)
-    return {"total": total, "trainable": trainable, "trainable_head": head,
-            "trainable_excl_head": trainable - head, "share_pct": 100.0 * trainable / total}
+    return {
+        "total": total,
+        "trainable": trainable,
+        "trainable_head": head,
+        "trainable_excl_head": trainable - head,
+        "share_pct": 100.0 * trainable / total,
+    }
 
 
 # ---- statistics --------------------------------------------------------------------------------
 def summary(xs: list[float]) -> dict[str, Any]:
     qs = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
-    return {"median_s": statistics.median(xs), "min_s": min(xs), "p25_s": qs[0], "p75_s": qs[2],
-            "n": len(xs), "samples_s": xs}  # samples are in round order (one per round)
+    return {
+        "median_s": statistics.median(xs),
+        "min_s": min(xs),
+        "p25_s": qs[0],
+        "p75_s": qs[2],
+        "n": len(xs),
+        "samples_s": xs,
+    }  # samples are in round order (one per round)
 
 
 def rounds(names: tuple[str, ...], n: int):
@@ -191,17 +215,37 @@ def rounds(names: tuple[str, ...], n: int):
 def run_memory_probes(args, path: str) -> dict[str, Any]:
     results = {}
     for config in TRAIN_CONFIGS:
-        cmd = [sys.executable, os.path.abspath(__file__), "--_memory-probe", config, "--model-path", path,
-               "--threads", str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq),
-               "--seed", str(args.seed), "--memory-steps", str(args.memory_steps)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--_memory-probe",
+            config,
+            "--model-path",
+            path,
+            "--threads",
+            str(args.threads),
+            "--batch",
+            str(args.batch),
+            "--seq",
+            str(args.seq),
+            "--seed",
+            str(args.seed),
+            "--memory-steps",
+            str(args.memory_steps),
+        ]
+        if args.dropout_off:
+            cmd.append("--dropout-off")
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(PROBE_MARK)), None)
         if proc.returncode != 0 or line is None:
             raise RuntimeError(f"memory probe {config} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-        results[config] = json.loads(line[len(PROBE_MARK):])
+        results[config] = json.loads(line[len(PROBE_MARK) :])
         got = results[config]
-        print(f"  memory probe {config:<7} peak RSS {got['peak_rss_mb']:8.1f} MiB (setup "
-              f"{got['setup_rss_mb']:.1f} MiB, training +{got['train_delta_mb']:.1f} MiB)", flush=True)
+        print(
+            f"  memory probe {config:<7} peak RSS {got['peak_rss_mb']:8.1f} MiB (setup "
+            f"{got['setup_rss_mb']:.1f} MiB, training +{got['train_delta_mb']:.1f} MiB)",
+            flush=True,
+        )
     return results
 
 
@@ -217,8 +261,19 @@ def memory_probe(args) -> None:
     for _ in range(args.memory_steps):
         train_step(model, head, opt, batches[0])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib
-    print(PROBE_MARK + json.dumps({"import_rss_mb": rss0, "setup_rss_mb": setup, "peak_rss_mb": peak,
-                                   "train_delta_mb": peak - setup, "steps": args.memory_steps}), flush=True)
+    print(
+        PROBE_MARK
+        + json.dumps(
+            {
+                "import_rss_mb": rss0,
+                "setup_rss_mb": setup,
+                "peak_rss_mb": peak,
+                "train_delta_mb": peak - setup,
+                "steps": args.memory_steps,
+            }
+        ),
+        flush=True,
+    )
 
 
 def loadavg() -> list[float] | None:
@@ -246,8 +301,9 @@ def own_cpu_s() -> float:
     return t.user + t.system
 
 
-def timed_rounds(label: str, names: tuple[str, ...], warmup: int, timed: int, run_one,
-                 quiet_threshold: float) -> dict[str, Any]:
+def timed_rounds(
+    label: str, names: tuple[str, ...], warmup: int, timed: int, run_one, quiet_threshold: float
+) -> dict[str, Any]:
     """Run ``run_one(name, round)`` round-robin; per name, the timed samples in round order.
 
     Each sample also records the CPU time that *other* processes (and hypervisor steal) used while
@@ -274,16 +330,21 @@ def timed_rounds(label: str, names: tuple[str, ...], warmup: int, timed: int, ru
                 cpu[name].append(dc)
                 foreign[name].append(other)
             other_txt = f", other load {other:.2f} cores" if other is not None else ""
-            print(f"  {label} round {r + 1}/{total}{' (warm-up)' if r < warmup else ''} {name:<13} "
-                  f"{dt:.3f} s wall, {dc:.3f} s CPU{other_txt}", flush=True)
+            print(
+                f"  {label} round {r + 1}/{total}{' (warm-up)' if r < warmup else ''} {name:<13} "
+                f"{dt:.3f} s wall, {dc:.3f} s CPU{other_txt}",
+                flush=True,
+            )
     finally:
         gc.enable()
     out: dict[str, Any] = {}
     for n in names:
         quiet = [w for w, f in zip(wall[n], foreign[n], strict=True) if f is not None and f <= quiet_threshold]
         out[n] = summary(wall[n]) | {
-            "cpu_median_s": statistics.median(cpu[n]), "cpu_samples_s": cpu[n],
-            "other_load_cores": foreign[n], "quiet_n": len(quiet),
+            "cpu_median_s": statistics.median(cpu[n]),
+            "cpu_samples_s": cpu[n],
+            "other_load_cores": foreign[n],
+            "quiet_n": len(quiet),
             "quiet_median_s": statistics.median(quiet) if quiet else None,
         }
     out["_loadavg"] = {"before": load_before, "after": loadavg()}
@@ -339,9 +400,14 @@ def machine_info() -> dict[str, Any]:
     import adapterkit
 
     return {
-        "cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": usable, "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "adapterkit": adapterkit.__version__,
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "adapterkit": adapterkit.__version__,
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
     }
 
@@ -372,9 +438,16 @@ def compute_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
         quiet = None
         if min(num["quiet_n"], den["quiet_n"]) >= MIN_QUIET:
             quiet = num["quiet_median_s"] / den["quiet_median_s"]
-        row = {"name": name, "ratio": ratio, "ci95": [lo, hi], "median_of_paired_ratios": paired,
-               "cpu_time_ratio": cpu, "min_ratio": num["min_s"] / den["min_s"], "quiet_ratio": quiet,
-               "target": target}
+        row = {
+            "name": name,
+            "ratio": ratio,
+            "ci95": [lo, hi],
+            "median_of_paired_ratios": paired,
+            "cpu_time_ratio": cpu,
+            "min_ratio": num["min_s"] / den["min_s"],
+            "quiet_ratio": quiet,
+            "target": target,
+        }
         if target is not None:
             row["pass"] = ratio <= target
             row["quiet_pass"] = None if quiet is None else quiet <= target
@@ -396,52 +469,72 @@ def report(results: dict[str, Any]) -> str:
     lines = []
     m = results["machine"]
     s = results["settings"]
-    lines.append(f"Machine: {m['cpu']}, {m['usable_cpus']} usable / {m['logical_cpus']} logical CPUs; "
-                 f"torch threads {s['threads']}")
-    lines.append(f"Versions: python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
-                 f"adapterkit {m['adapterkit']}; {m['date_utc']}")
-    lines.append(f"Input: batch {s['batch']} x seq {s['seq']}; training: {s['train_warmup']} warm-up + "
-                 f"{s['train_steps']} timed steps each; inference: {s['infer_warmup']} warm-up + "
-                 f"{s['infer_runs']} timed runs each (round-robin)")
+    lines.append(
+        f"Machine: {m['cpu']}, {m['usable_cpus']} usable / {m['logical_cpus']} logical CPUs; "
+        f"torch threads {s['threads']}"
+    )
+    lines.append(
+        f"Versions: python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
+        f"adapterkit {m['adapterkit']}; {m['date_utc']}"
+    )
+    lines.append(
+        f"Input: batch {s['batch']} x seq {s['seq']}; training: {s['train_warmup']} warm-up + "
+        f"{s['train_steps']} timed steps each; inference: {s['infer_warmup']} warm-up + "
+        f"{s['infer_runs']} timed runs each (round-robin)"
+    )
+    if s.get("dropout_off"):
+        lines.append("DIAGNOSTIC RUN: model dropout set to 0 (--dropout-off); not the benchmark setting")
     lines.append("")
     mem = results.get("memory", {})
-    lines.append("Training step (forward + backward + AdamW step + zero_grad); "
-                 f"{_fmt_load(results['train'])}")
-    lines.append(f"{'config':<8}{'median s':>9}{'min s':>7}{'p25-p75 s':>13}{'quiet med (n)':>15}{'CPU s':>7}"
-                 f"{'trainable':>12}{'share':>8}{'peak RSS':>10}{'train +':>9}")
+    lines.append(f"Training step (forward + backward + AdamW step + zero_grad); {_fmt_load(results['train'])}")
+    lines.append(
+        f"{'config':<8}{'median s':>9}{'min s':>7}{'p25-p75 s':>13}{'quiet med (n)':>15}{'CPU s':>7}"
+        f"{'trainable':>12}{'share':>8}{'peak RSS':>10}{'train +':>9}"
+    )
     for c in TRAIN_CONFIGS:
         t = results["train"][c]
         pc = results["params"][c]
         mm = mem.get(c)
         peak = f"{mm['peak_rss_mb']:.0f}" if mm else "-"
         delta = f"{mm['train_delta_mb']:.0f}" if mm else "-"
-        lines.append(f"{c:<8}{t['median_s']:>9.3f}{t['min_s']:>7.3f}{t['p25_s']:>7.3f}-{t['p75_s']:.3f}"
-                     f"{_quiet(t):>15}{t['cpu_median_s']:>7.3f}{pc['trainable']:>12,}{pc['share_pct']:>7.2f}%"
-                     f"{peak:>10}{delta:>9}")
-    lines.append("  quiet = samples during which other processes used <= "
-                 f"{s['quiet_threshold']} cores; CPU s = median process CPU")
+        lines.append(
+            f"{c:<8}{t['median_s']:>9.3f}{t['min_s']:>7.3f}{t['p25_s']:>7.3f}-{t['p75_s']:.3f}"
+            f"{_quiet(t):>15}{t['cpu_median_s']:>7.3f}{pc['trainable']:>12,}{pc['share_pct']:>7.2f}%"
+            f"{peak:>10}{delta:>9}"
+        )
+    lines.append(
+        "  quiet = samples during which other processes used <= "
+        f"{s['quiet_threshold']} cores; CPU s = median process CPU"
+    )
     lines.append("  time (all threads); trainable = adapter + classification head (full: every parameter);")
     lines.append("  share = trainable / all parameters of that model; peak RSS (MiB) = ru_maxrss of a fresh")
     lines.append("  subprocess running only that config; train + (MiB) = peak minus the peak after")
     lines.append("  import + load + setup in that subprocess")
     for c in ("seq_bn", "lora"):
         pc = results["params"][c]
-        lines.append(f"  {c}: adapter {pc['trainable_excl_head']:,} + head {pc['trainable_head']:,} "
-                     f"of {pc['total']:,} parameters")
+        lines.append(
+            f"  {c}: adapter {pc['trainable_excl_head']:,} + head {pc['trainable_head']:,} "
+            f"of {pc['total']:,} parameters"
+        )
     lines.append("")
     lines.append(f"Inference (eval, no_grad, one forward of the batch); {_fmt_load(results['infer'])}")
     lines.append(f"{'variant':<15}{'median s':>9}{'min s':>7}{'p25-p75 s':>13}{'quiet med (n)':>15}{'CPU s':>7}")
     for v in INFER_VARIANTS:
         t = results["infer"][v]
-        lines.append(f"{v:<15}{t['median_s']:>9.3f}{t['min_s']:>7.3f}{t['p25_s']:>7.3f}-{t['p75_s']:.3f}"
-                     f"{_quiet(t):>15}{t['cpu_median_s']:>7.3f}")
-    lines.append("  base = no adapters added; base_inactive = seq_bn + LoRA added, none active")
+        lines.append(
+            f"{v:<15}{t['median_s']:>9.3f}{t['min_s']:>7.3f}{t['p25_s']:>7.3f}-{t['p75_s']:.3f}"
+            f"{_quiet(t):>15}{t['cpu_median_s']:>7.3f}"
+        )
+    lines.append("  base = no adapters added; base_copy = a second identical instance (A/A noise check);")
+    lines.append("  base_inactive = seq_bn + LoRA added, none active")
     lines.append("")
     lines.append("Ratios against the same run's baseline. value = median / median (all samples; decides")
     lines.append("result); 95% CI = bootstrap over rounds; paired = median of per-round ratios; quiet =")
     lines.append(f"quiet-sample medians (needs >= {MIN_QUIET} each); min = min / min; CPU = median CPU times")
-    lines.append(f"{'ratio':<32}{'value':>7}{'95% CI':>13}{'paired':>7}{'quiet':>7}{'min':>7}{'CPU':>7}"
-                 f"{'target':>8}  result (quiet)")
+    lines.append(
+        f"{'ratio':<32}{'value':>7}{'95% CI':>13}{'paired':>7}{'quiet':>7}{'min':>7}{'CPU':>7}"
+        f"{'target':>8}  result (quiet)"
+    )
     for r in results["ratios"]:
         tgt = f"<={r['target']:.2f}" if r["target"] is not None else "-"
         res = ("PASS" if r["pass"] else "FAIL") if r["target"] is not None else "(info)"
@@ -450,23 +543,36 @@ def report(results: dict[str, Any]) -> str:
             res += " (" + ("n/a" if qp is None else "PASS" if qp else "FAIL") + ")"
         ci = f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}"
         quiet = f"{r['quiet_ratio']:.3f}" if r["quiet_ratio"] is not None else "-"
-        lines.append(f"{r['name'][:32]:<32}{r['ratio']:>7.3f}{ci:>13}{r['median_of_paired_ratios']:>7.3f}"
-                     f"{quiet:>7}{r['min_ratio']:>7.3f}{r['cpu_time_ratio']:>7.3f}{tgt:>8}  {res}")
+        lines.append(
+            f"{r['name'][:32]:<32}{r['ratio']:>7.3f}{ci:>13}{r['median_of_paired_ratios']:>7.3f}"
+            f"{quiet:>7}{r['min_ratio']:>7.3f}{r['cpu_time_ratio']:>7.3f}{tgt:>8}  {res}"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--train-steps", type=int, default=12, help="timed training steps per configuration")
     ap.add_argument("--train-warmup", type=int, default=2, help="untimed warm-up steps per configuration")
     ap.add_argument("--infer-runs", type=int, default=15, help="timed inference runs per variant")
     ap.add_argument("--infer-warmup", type=int, default=2, help="untimed inference runs per variant")
     ap.add_argument("--memory-steps", type=int, default=2, help="training steps in each memory subprocess")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument(
+        "--dropout-off",
+        action="store_true",
+        help="diagnostic: set the model's hidden and attention dropout to 0 (not the benchmark setting)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    ap.add_argument("--quiet-threshold", type=float, default=0.1, metavar="CORES",
-                    help="a sample is 'quiet' if other processes used at most this many cores meanwhile")
+    ap.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=0.1,
+        metavar="CORES",
+        help="a sample is 'quiet' if other processes used at most this many cores meanwhile",
+    )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
@@ -477,6 +583,8 @@ def main() -> None:
     if args.train_steps < 1 or args.infer_runs < 1:
         ap.error("--train-steps and --infer-runs must be at least 1")
 
+    if args.dropout_off:
+        CONFIG_OVERRIDES.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     if args._memory_probe:
         memory_probe(args)
         return
@@ -484,10 +592,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = model_path(args.model_path)
     start = time.perf_counter()
-    results: dict[str, Any] = {"machine": machine_info(), "settings": {
-        k: getattr(args, k) for k in ("threads", "batch", "seq", "seed", "train_steps", "train_warmup",
-                                      "infer_runs", "infer_warmup", "memory_steps", "quiet_threshold")
-    } | {"model_path": str(path), "lora_config": "lora (q,v r=8 alpha=8)", "seq_bn_config": "seq_bn"}}
+    results: dict[str, Any] = {
+        "machine": machine_info(),
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "threads",
+                "batch",
+                "seq",
+                "seed",
+                "train_steps",
+                "train_warmup",
+                "infer_runs",
+                "infer_warmup",
+                "memory_steps",
+                "quiet_threshold",
+                "dropout_off",
+            )
+        }
+        | {"model_path": str(path), "lora_config": "lora (q,v r=8 alpha=8)", "seq_bn_config": "seq_bn"},
+    }
     if not args.no_memory:
         print("Peak memory (one fresh subprocess per configuration)", flush=True)
         results["memory"] = run_memory_probes(args, path)

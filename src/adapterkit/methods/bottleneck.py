@@ -129,8 +129,10 @@ class BottleneckAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``up(act(down(x))) * scaling`` (+ residual for sequential adapters)."""
-        up = self.adapter_up(self.adapter_down(x)) * self.scaling
-        out = self.dropout(up)
+        out = self.adapter_up(self.adapter_down(x))
+        if not (isinstance(self.scaling, float) and self.scaling == 1.0):  # skip a full pass for the default
+            out = out * self.scaling
+        out = self.dropout(out)
         if self.config.use_gating:
             out = out * torch.sigmoid(self.gate(x)).mean(dim=1, keepdim=True)
         if self.config.is_parallel:
@@ -140,7 +142,8 @@ class BottleneckAdapter(nn.Module):
         if self.config.ln_after:
             out = self.adapter_norm_after(out)
         if not self.config.adapter_residual_before_ln:
-            out = out + residual
+            # in place: `out` is a fresh tensor here and no backward needs its old value
+            out = out.add_(residual)
         return out
 
     def value_for_model(self, out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
