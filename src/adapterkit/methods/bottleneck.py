@@ -110,19 +110,22 @@ class BottleneckAdapter(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def adapter_input(
-        self, h: torch.Tensor, r: torch.Tensor, layer_norm: nn.Module | None
+        self, h: torch.Tensor, r: torch.Tensor, layer_norm: nn.Module | None, summed: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(adapter input x, adapter residual) from sub-block output ``h`` and residual stream ``r``."""
+        """(adapter input x, adapter residual) from sub-block output ``h`` and residual stream ``r``.
+
+        ``summed``, when given, is ``h + r`` already computed by the model.
+        """
         cfg = self.config
         if cfg.is_parallel:
             return r, r
         residual = h
         if cfg.original_ln_before:
-            h = h + r
+            h = summed if summed is not None else h + r
             if cfg.residual_before_ln == "post_add":
                 residual = h
             if layer_norm is not None:
-                h = layer_norm(h)
+                h = layer_norm.forward(h)  # .forward: not through hooks (the norm carries one of ours)
         if cfg.residual_before_ln is False:
             residual = h
         return h, residual
@@ -167,18 +170,55 @@ def _capture_residual(site: _Site, module: nn.Module, args: tuple, kwargs: dict)
 
 
 def _apply_adapters(site: _Site, module: nn.Module, args: tuple, output: Any) -> Any:
+    """Forward hook on the sub-block output ``h``: run the active adapters on it.
+
+    In post-LN models the work waits for the norm's pre-hook (`_apply_before_norm`), which gets
+    ``h + r`` from the model and so saves recomputing it.
+    """
     ctx = ForwardContext.get_context()
     names = active_in_order(ctx, site.host.adapters, site.layer_idx)
     if not names:
         return None
-    r = ctx.scratch.pop(site)  # type: ignore[union-attr]
     h = main_output(output)
+    if site.layer_norm is not None:
+        ctx.scratch[(site, "h")] = (h, names)  # type: ignore[union-attr]
+        return None
+    r = ctx.scratch.pop(site)  # type: ignore[union-attr]
+    return with_main_output(output, _run(site, names, h, r, summed=None))
+
+
+def _apply_before_norm(site: _Site, module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook on a post-LN norm: replace its input ``h + r`` by the adapters' output + ``r``."""
+    ctx = ForwardContext.get_context()
+    pending = ctx.scratch.pop((site, "h"), None) if ctx is not None else None
+    if pending is None:
+        return None
+    h, names = pending
+    r = ctx.scratch.pop(site)  # type: ignore[union-attr]
+    return (_run(site, names, h, r, summed=args[0]), *args[1:])
+
+
+def _run(site: _Site, names: list[str], h: torch.Tensor, r: torch.Tensor, summed: torch.Tensor | None) -> torch.Tensor:
+    """Apply the adapters ``names`` in order.
+
+    Returns the value that replaces ``h`` (pre-LN, ``summed`` is None), or the norm's new input
+    (post-LN, ``summed = h + r``): ``value + r``, computed as ``f + summed`` where the adapter adds
+    ``h`` last, which saves a full pass.
+    """
     hidden = h
-    for name in names:
+    for i, name in enumerate(names):
         adapter = site.host.adapters[name]
-        x, residual = adapter.adapter_input(hidden, r, site.layer_norm)
+        x, residual = adapter.adapter_input(hidden, r, site.layer_norm, summed if hidden is h else None)
+        cfg = adapter.config
+        adds_residual_last = not (cfg.ln_after and cfg.adapter_residual_before_ln)
+        if summed is not None and i == len(names) - 1 and residual is h and adds_residual_last and not cfg.is_parallel:
+            return adapter.forward(x, summed)  # f + h + r
         hidden = adapter.forward(x, residual)
-    return with_main_output(output, adapter.value_for_model(hidden, h))
+    if summed is None:
+        return adapter.value_for_model(hidden, h)
+    if adapter.config.is_parallel:
+        return hidden.add_(summed)  # f + h + r
+    return hidden + r
 
 
 class BottleneckMethod(AdapterMethod):
@@ -240,6 +280,8 @@ class BottleneckMethod(AdapterMethod):
             residual_module.register_forward_pre_hook(partial(_capture_residual, site), with_kwargs=True),
             output_module.register_forward_hook(partial(_apply_adapters, site)),
         ]
+        if norm is not None:
+            handles.append(norm.register_forward_pre_hook(partial(_apply_before_norm, site)))
         object.__setattr__(host, _HANDLES, handles)
 
     def delete(self, target: ModelTarget, adapter_name: str) -> None:
