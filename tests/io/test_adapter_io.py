@@ -224,3 +224,32 @@ def test_legacy_version_fixes(tmp_path):
     fresh = tiny_model("bert")
     fresh.load_adapter(tmp_path)
     assert fresh.adapters_config.get("a").alpha == 4
+
+
+def test_plain_transformers_model_saves_and_loads_its_own_head(tmp_path):
+    from transformers import BertForSequenceClassification
+
+    import adapterkit
+
+    def fresh():
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(tiny_model("bert").config)
+        model.config.id2label, model.config.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}
+        return adapterkit.init(model).eval()
+
+    model = fresh()
+    model.add_adapter("a", config="lora", set_active=True)
+    randomize(model, "a")
+    with torch.no_grad():
+        model.classifier.weight.add_(1.0)  # a trained head differs from a fresh model's
+        expected = model(**tiny_inputs()).logits
+    model.save_adapter(tmp_path, "a")
+    meta = json.loads((tmp_path / HEAD_CONFIG_NAME).read_text())
+    assert meta["config"] is None and meta["model_class"] == "BertForSequenceClassification"
+    assert set(load_file(tmp_path / HEAD_SAFE_WEIGHTS_NAME)) == {"classifier.weight", "classifier.bias"}
+    loaded = fresh()
+    loaded.config.id2label = {0: "x", 1: "y"}
+    loaded.load_adapter(tmp_path, set_active=True)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**tiny_inputs()).logits, expected, atol=0, rtol=0)
+    assert loaded.config.id2label == {0: "neg", 1: "pos"}

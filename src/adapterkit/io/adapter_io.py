@@ -48,7 +48,7 @@ _LEGACY_SEGMENTS = {
 _LEGACY_ACTIVATIONS = {"gelu": "gelu_new", "gelu_orig": "gelu"}
 
 
-def _metadata(model: nn.Module, name: str) -> dict[str, Any]:
+def _metadata(model: nn.Module, name: str | None) -> dict[str, Any]:
     config = model.config
     return {
         "hidden_size": getattr(config, "hidden_size", None),
@@ -98,6 +98,43 @@ def save_adapter(
     heads = getattr(model, "heads", None)
     if with_head and heads is not None and adapter_name in heads:
         save_head(model, directory, adapter_name, use_safetensors=use_safetensors)
+    elif with_head and heads is None and _static_head_keys(model):
+        _save_static_head(model, directory, use_safetensors)
+
+
+def _static_head_keys(model: nn.Module) -> list[str]:
+    """State-dict keys outside the base model: the head of a transformers ``XxxForY`` model."""
+    if model.base_model is model:
+        return []
+    prefix = model.base_model_prefix + "."
+    return [k for k in model.state_dict() if not k.startswith(prefix)]
+
+
+def _save_static_head(model: nn.Module, directory: Path, use_safetensors: bool) -> None:
+    """Save the model's own head (e.g. ``classifier.*``), as AdapterHub does for such models."""
+    state = model.state_dict()
+    write_weights(directory, {k: state[k] for k in _static_head_keys(model)}, HEAD_SAFE_WEIGHTS_NAME,
+                  HEAD_WEIGHTS_NAME, use_safetensors)
+    label2id = dict(getattr(model.config, "label2id", None) or {})
+    meta = {**_metadata(model, None), "config": None, "label2id": label2id, "num_labels": len(label2id)}
+    write_json(directory / HEAD_CONFIG_NAME, meta)
+
+
+def _load_static_head(model: nn.Module, head: tuple[dict[str, Any], dict[str, torch.Tensor]], path: Path) -> None:
+    """Load a head saved by `_save_static_head` into a model of the same class (else skip it)."""
+    meta, weights = head
+    if meta.get("model_class") != type(model).__name__:
+        logger.warning("not loading the %s head in %s into a %s", meta.get("model_class"), path, type(model).__name__)
+        return
+    targets = set(_static_head_keys(model))
+    missing, unexpected = sorted(targets - weights.keys()), sorted(weights.keys() - targets)
+    if missing or unexpected:
+        raise ValueError(f"head weights in {path} do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    _check_shapes(model, weights, path)
+    _copy_into(model, weights)
+    if meta.get("label2id"):
+        model.config.label2id = dict(meta["label2id"])
+        model.config.id2label = {int(i): label for label, i in meta["label2id"].items()}
 
 
 def save_head(
@@ -229,7 +266,8 @@ def load_adapter(
     saved_name = meta.get("name") or path.name
     name = load_as or saved_name
     weights = read_weights(path, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
-    head_data = _read_head(path) if with_head and getattr(model, "heads", None) is not None else None
+    head_data = _read_head(path) if with_head else None
+    flexible = getattr(model, "heads", None) is not None
 
     previous = _snapshot_adapter(model, name)
     try:
@@ -251,8 +289,13 @@ def load_adapter(
             )
         _check_shapes(model, matched, path)
         _copy_into(model, matched)
-        if head_data is not None:
+        if head_data is not None and head_data[0].get("config") is not None and flexible:
             _load_head(model, head_data, path, saved_name, name, id2label)
+        elif head_data is not None and head_data[0].get("config") is None and not flexible:
+            _load_static_head(model, head_data, path)
+        elif head_data is not None:
+            logger.warning("not loading the head in %s: converting between static and flexible heads is not "
+                           "available in this version", path)
     except Exception:
         if name in model.adapters_config:
             model.delete_adapter(name)
@@ -278,7 +321,7 @@ def load_head(model: nn.Module, save_directory: str | os.PathLike, load_as: str 
     if not (path / HEAD_CONFIG_NAME).is_file():
         raise FileNotFoundError(f"no head at {path}: expected {HEAD_CONFIG_NAME}")
     head_data = _read_head(path)
-    if head_data is None:
+    if head_data is None or head_data[0].get("config") is None:
         raise ValueError(f"{path} holds a static model head, which this version cannot convert to a flexible head")
     saved_name = head_data[0].get("name") or path.name
     name = load_as or saved_name
@@ -290,8 +333,6 @@ def _read_head(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | N
     if not (path / HEAD_CONFIG_NAME).is_file():
         return None
     meta = read_json(path / HEAD_CONFIG_NAME)
-    if meta.get("config") is None:
-        return None  # a static-head (non-flexible) model's head: not convertible in this version
     return meta, read_weights(path, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME)
 
 
