@@ -113,8 +113,13 @@ def _static_head_keys(model: nn.Module) -> list[str]:
 def _save_static_head(model: nn.Module, directory: Path, use_safetensors: bool) -> None:
     """Save the model's own head (e.g. ``classifier.*``), as AdapterHub does for such models."""
     state = model.state_dict()
-    write_weights(directory, {k: state[k] for k in _static_head_keys(model)}, HEAD_SAFE_WEIGHTS_NAME,
-                  HEAD_WEIGHTS_NAME, use_safetensors)
+    write_weights(
+        directory,
+        {k: state[k] for k in _static_head_keys(model)},
+        HEAD_SAFE_WEIGHTS_NAME,
+        HEAD_WEIGHTS_NAME,
+        use_safetensors,
+    )
     label2id = dict(getattr(model.config, "label2id", None) or {})
     meta = {**_metadata(model, None), "config": None, "label2id": label2id, "num_labels": len(label2id)}
     write_json(directory / HEAD_CONFIG_NAME, meta)
@@ -168,9 +173,7 @@ def read_adapter_config(directory: Path) -> dict[str, Any]:
         except InvalidVersion:
             old = False
         if old and config.get("architecture") == "lora" and config.get("r") != config.get("alpha"):
-            logger.warning(
-                "adapter saved by adapters %s with faulty LoRA scaling: setting alpha = r", version
-            )
+            logger.warning("adapter saved by adapters %s with faulty LoRA scaling: setting alpha = r", version)
             config["alpha"] = config["r"]
     return data
 
@@ -229,8 +232,7 @@ def _check_shapes(model: nn.Module, matched: dict[str, torch.Tensor], path: Path
     for key, tensor in matched.items():
         if state[key].shape != tensor.shape:
             raise ValueError(
-                f"{path}: weight {key} has shape {tuple(tensor.shape)}, the model expects "
-                f"{tuple(state[key].shape)}"
+                f"{path}: weight {key} has shape {tuple(tensor.shape)}, the model expects {tuple(state[key].shape)}"
             )
 
 
@@ -277,9 +279,7 @@ def load_adapter(
         model.add_adapter(name, config)
         attribute = method_for(config).module_attribute
         targets = set(_keys_with(model.state_dict(), attribute, name))
-        matched, unexpected = _match_keys(
-            weights, targets, model.base_model_prefix, (attribute, saved_name, name)
-        )
+        matched, unexpected = _match_keys(weights, targets, model.base_model_prefix, (attribute, saved_name, name))
         missing = sorted(targets - matched.keys())
         if missing or (unexpected and not leave_out):
             raise ValueError(
@@ -294,8 +294,11 @@ def load_adapter(
         elif head_data is not None and head_data[0].get("config") is None and not flexible:
             _load_static_head(model, head_data, path)
         elif head_data is not None:
-            logger.warning("not loading the head in %s: converting between static and flexible heads is not "
-                           "available in this version", path)
+            logger.warning(
+                "not loading the head in %s: converting between static and flexible heads is not "
+                "available in this version",
+                path,
+            )
     except Exception:
         if name in model.adapters_config:
             model.delete_adapter(name)
@@ -309,8 +312,12 @@ def load_adapter(
     return name
 
 
-def load_head(model: nn.Module, save_directory: str | os.PathLike, load_as: str | None = None,
-              id2label: dict[int, str] | None = None) -> str:
+def load_head(
+    model: nn.Module,
+    save_directory: str | os.PathLike,
+    load_as: str | None = None,
+    id2label: dict[int, str] | None = None,
+) -> str:
     """Load a head folder (``head_config.json`` + weights) into a flexible-head model. Returns its name.
 
     Raises:
@@ -357,9 +364,7 @@ def _load_head(
         matched, unexpected = _match_keys(weights, targets, "", ("heads", saved_head, name))
         missing = sorted(targets - matched.keys())
         if missing or unexpected:
-            raise ValueError(
-                f"head weights in {path} do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+            raise ValueError(f"head weights in {path} do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
         _check_shapes(model, matched, path)
         _copy_into(model, matched)
     except Exception:
@@ -369,9 +374,7 @@ def _load_head(
         raise
 
 
-def _snapshot_adapter(
-    model: nn.Module, name: str
-) -> tuple[str, AdapterConfig, dict[str, torch.Tensor]] | None:
+def _snapshot_adapter(model: nn.Module, name: str) -> tuple[str, AdapterConfig, dict[str, torch.Tensor]] | None:
     """(name, config, weights) of an existing adapter, to restore it if a load fails."""
     config = model.adapters_config.get(name)
     if config is None:
@@ -381,9 +384,7 @@ def _snapshot_adapter(
     return name, config, {k: state[k].detach().clone() for k in keys}
 
 
-def _restore_adapter(
-    model: nn.Module, snapshot: tuple[str, AdapterConfig, dict[str, torch.Tensor]] | None
-) -> None:
+def _restore_adapter(model: nn.Module, snapshot: tuple[str, AdapterConfig, dict[str, torch.Tensor]] | None) -> None:
     if snapshot is None:
         return
     name, config, tensors = snapshot
