@@ -7,6 +7,7 @@ saved as ``head_config.json`` and in ``config.json["prediction_heads"]``, and re
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 from ..methods.bottleneck import Activation
 
 
-class PredictionHead(nn.Sequential):
+class PredictionHead(nn.Sequential, metaclass=ABCMeta):
     """Base class of all heads.
 
     Subclasses set ``head_type`` and implement :meth:`forward`.
@@ -79,16 +80,22 @@ class PredictionHead(nn.Sequential):
         """The names of the label inputs this head consumes (for the trainer)."""
         return ["labels"]
 
+    @abstractmethod
     def forward(
         self,
         outputs: Any,
-        cls_output: torch.Tensor | None = None,  # pragma: no cover - abstract
+        cls_output: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         return_dict: bool = True,
         **kwargs: Any,
     ) -> Any:
-        """Map the base model ``outputs`` to this head's output (subclasses implement it)."""
-        raise NotImplementedError
+        """Map the base model ``outputs`` to this head's output."""
+
+
+def label2id_for(num_labels: int, id2label: dict[int, str] | None) -> dict[str, int]:
+    """A head's ``label2id`` config entry from ``id2label`` (default names ``LABEL_<i>``)."""
+    id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
+    return {label: int(i) for i, label in id2label.items()}
 
 
 def sequence_summary(

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .base import PredictionHead, sequence_summary
+from .base import PredictionHead, label2id_for, sequence_summary
 
 
 class ClassificationHead(PredictionHead):
@@ -42,7 +42,6 @@ class ClassificationHead(PredictionHead):
         bias: bool = True,
         dropout_prob: float | None = None,
     ):
-        id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
         super().__init__(
             model,
             head_name,
@@ -50,7 +49,7 @@ class ClassificationHead(PredictionHead):
                 "num_labels": num_labels,
                 "layers": layers,
                 "activation_function": activation_function,
-                "label2id": {label: int(i) for i, label in id2label.items()},
+                "label2id": label2id_for(num_labels, id2label),
                 "use_pooler": use_pooler,
                 "bias": bias,
                 "dropout_prob": dropout_prob,

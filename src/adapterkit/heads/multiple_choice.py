@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import MultipleChoiceModelOutput
 
-from .base import PredictionHead, sequence_summary
+from .base import PredictionHead, label2id_for, sequence_summary
 
 
 class MultipleChoiceHead(PredictionHead):
@@ -43,7 +43,6 @@ class MultipleChoiceHead(PredictionHead):
         use_pooler: bool = False,
         dropout_prob: float | None = None,
     ):
-        id2label = id2label or {i: f"LABEL_{i}" for i in range(num_choices)}
         super().__init__(
             model,
             head_name,
@@ -51,7 +50,7 @@ class MultipleChoiceHead(PredictionHead):
                 "num_choices": num_choices,
                 "layers": layers,
                 "activation_function": activation_function,
-                "label2id": {label: int(i) for i, label in id2label.items()},
+                "label2id": label2id_for(num_choices, id2label),
                 "use_pooler": use_pooler,
                 "dropout_prob": dropout_prob,
             },

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
-from .base import PredictionHead
+from .base import PredictionHead, label2id_for
 
 
 class QuestionAnsweringHead(PredictionHead):
@@ -45,7 +45,6 @@ class QuestionAnsweringHead(PredictionHead):
     ):
         if num_labels != 2:
             raise ValueError(f"a question answering head needs num_labels=2 (start, end), got {num_labels}")
-        id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
         super().__init__(
             model,
             head_name,
@@ -53,7 +52,7 @@ class QuestionAnsweringHead(PredictionHead):
                 "num_labels": num_labels,
                 "layers": layers,
                 "activation_function": activation_function,
-                "label2id": {label: int(i) for i, label in id2label.items()},
+                "label2id": label2id_for(num_labels, id2label),
                 "dropout_prob": dropout_prob,
             },
         )

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import TokenClassifierOutput
 
-from .base import PredictionHead
+from .base import PredictionHead, label2id_for
 
 
 class TaggingHead(PredictionHead):
@@ -38,7 +38,6 @@ class TaggingHead(PredictionHead):
         id2label: dict[int, str] | None = None,
         dropout_prob: float | None = None,
     ):
-        id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
         super().__init__(
             model,
             head_name,
@@ -46,7 +45,7 @@ class TaggingHead(PredictionHead):
                 "num_labels": num_labels,
                 "layers": layers,
                 "activation_function": activation_function,
-                "label2id": {label: int(i) for i, label in id2label.items()},
+                "label2id": label2id_for(num_labels, id2label),
                 "dropout_prob": dropout_prob,
             },
         )
