@@ -67,15 +67,3 @@ class BertStyleMaskedLMHead(CausalLMHead):
             hidden_states=outputs.get("hidden_states"),
             attentions=outputs.get("attentions"),
         )
-
-    def forward(
-        self,
-        outputs: Any,
-        cls_output: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        return_dict: bool = True,
-        labels: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Logits ``(batch, seq, vocab_size)`` (and loss with ``labels``) as a `MaskedLMOutput`."""
-        return super().forward(outputs, cls_output, attention_mask, return_dict, labels=labels, **kwargs)

@@ -135,7 +135,7 @@ def _load_static_head(model: nn.Module, head: tuple[dict[str, Any], dict[str, to
     missing, unexpected = sorted(targets - weights.keys()), sorted(weights.keys() - targets)
     if missing or unexpected:
         raise ValueError(f"head weights in {path} do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    _check_shapes(model, weights, path)
+    _check_shapes(model.state_dict(), weights, path)
     _copy_into(model, weights)
     if meta.get("label2id"):
         model.config.label2id = dict(meta["label2id"])
@@ -227,8 +227,7 @@ def _copy_into(model: nn.Module, matched: dict[str, torch.Tensor]) -> None:
             target.copy_(tensor.to(target.dtype))
 
 
-def _check_shapes(model: nn.Module, matched: dict[str, torch.Tensor], path: Path) -> None:
-    state = model.state_dict()
+def _check_shapes(state: dict[str, torch.Tensor], matched: dict[str, torch.Tensor], path: Path) -> None:
     for key, tensor in matched.items():
         if state[key].shape != tensor.shape:
             raise ValueError(
@@ -278,7 +277,8 @@ def load_adapter(
             model.delete_adapter(name)
         model.add_adapter(name, config)
         attribute = method_for(config).module_attribute
-        targets = set(_keys_with(model.state_dict(), attribute, name))
+        state = model.state_dict()
+        targets = set(_keys_with(state, attribute, name))
         matched, unexpected = _match_keys(weights, targets, model.base_model_prefix, (attribute, saved_name, name))
         missing = sorted(targets - matched.keys())
         if missing or (unexpected and not leave_out):
@@ -287,7 +287,7 @@ def load_adapter(
                 f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
                 f"{'...' if len(unexpected) > 5 else ''}"
             )
-        _check_shapes(model, matched, path)
+        _check_shapes(state, matched, path)
         _copy_into(model, matched)
         if head_data is not None and head_data[0].get("config") is not None and flexible:
             _load_head(model, head_data, path, saved_name, name, id2label)
@@ -360,12 +360,13 @@ def _load_head(
     previous = model.heads[name] if name in model.heads else None
     model.add_prediction_head_from_config(name, config, overwrite_ok=True, set_active=False)
     try:
-        targets = {k for k in model.state_dict() if k.startswith(f"heads.{name}.")}
+        state = model.state_dict()
+        targets = {k for k in state if k.startswith(f"heads.{name}.")}
         matched, unexpected = _match_keys(weights, targets, "", ("heads", saved_head, name))
         missing = sorted(targets - matched.keys())
         if missing or unexpected:
             raise ValueError(f"head weights in {path} do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        _check_shapes(model, matched, path)
+        _check_shapes(state, matched, path)
         _copy_into(model, matched)
     except Exception:
         model.delete_head(name)

@@ -179,14 +179,13 @@ def _shape(module: nn.Module) -> tuple[int, int]:
 def _lora_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
     state = module.__dict__[_STATE]
     loras = module.loras
-    names = active_in_order(ForwardContext.get_context(), loras, state["layer_idx"])
-    if not names or names == [state["merged"]]:
+    merged = state["merged"]  # already folded into the weight
+    names = [n for n in active_in_order(ForwardContext.get_context(), loras, state["layer_idx"]) if n != merged]
+    if not names:
         return None
     x = args[0]
     scaled, added = output, None
     for name in names:
-        if name == state["merged"]:
-            continue
         lora = loras[name]
         if isinstance(lora, IA3):
             scaled = scaled * lora.factor(x)
