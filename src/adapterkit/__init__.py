@@ -7,7 +7,17 @@
     model.train_adapter("sst-2")
 """
 
-from .composition import AdapterCompositionBlock, Stack, parse_composition
+from .composition import (
+    AdapterCompositionBlock,
+    Average,
+    BatchSplit,
+    Fuse,
+    MultiTask,
+    Parallel,
+    Split,
+    Stack,
+    parse_composition,
+)
 from .configs import (
     ADAPTER_CONFIG_MAP,
     DEFAULT_ADAPTER_CONFIG,
@@ -47,18 +57,24 @@ __all__ = [
     "AdapterTrainer",
     "ArchitectureSpec",
     "AutoAdapterModel",
+    "Average",
+    "BatchSplit",
     "BnConfig",
     "ClassificationHead",
     "DoubleSeqBnConfig",
     "ForwardContext",
+    "Fuse",
     "IA3Config",
     "LoRAConfig",
     "ModelAdaptersConfig",
     "ModelAdaptersMixin",
     "MultiLabelClassificationHead",
+    "MultiTask",
+    "Parallel",
     "ParBnConfig",
     "PredictionHead",
     "SeqBnConfig",
+    "Split",
     "Stack",
     "SubBlock",
     "init",

@@ -10,11 +10,14 @@ separately; a context is created fresh for each forward and reset when it ends.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from typing import Any
 
-from .composition import AdapterCompositionBlock, AdapterSetupSpec, parse_composition
+import torch
+
+from .composition import AdapterCompositionBlock, AdapterSetupSpec, Stack, head_setup_of, parse_composition
 
 _adapter_setup: ContextVar[AdapterSetup | None] = ContextVar("adapterkit_adapter_setup", default=None)
 _forward_context: ContextVar[ForwardContext | None] = ContextVar("adapterkit_forward_context", default=None)
@@ -28,16 +31,20 @@ class AdapterSetup:
 
     Args:
         adapter_setup: an adapter name, list of names or composition block.
-        head_setup: a head name; by default the head named after the setup's last adapter.
+        head_setup: a head name (or one per `Parallel` channel); by default the head(s) the setup
+            implies: its last adapter, or each Parallel channel's last adapter.
         ignore_empty: with an empty ``adapter_setup``, do nothing instead of deactivating adapters.
     """
 
     def __init__(
-        self, adapter_setup: AdapterSetupSpec, head_setup: str | None = None, ignore_empty: bool = False
+        self,
+        adapter_setup: AdapterSetupSpec,
+        head_setup: str | list[str | None] | None = None,
+        ignore_empty: bool = False,
     ):
         self.adapter_setup: AdapterCompositionBlock | None = parse_composition(adapter_setup)
         if head_setup is None and self.adapter_setup is not None:
-            head_setup = self.adapter_setup.last()
+            head_setup = head_setup_of(self.adapter_setup)
         self.head_setup = head_setup
         self._skip = ignore_empty and self.adapter_setup is None
         self._tokens: list[Token] = []
@@ -57,22 +64,91 @@ class AdapterSetup:
         return _adapter_setup.get()
 
 
+@dataclass(frozen=True)
+class RowGroups:
+    """Batch rows grouped by the adapter setup each runs (per-row routing, `MultiTask`).
+
+    Attributes:
+        targets: one adapter name, block or None (no adapter) per group.
+        rows: the row indices of each group (1-D long tensors).
+        inverse: the permutation that restores row order after concatenating the groups.
+        contiguous: group boundaries when the groups are consecutive row ranges in order (then rows
+            are cut by slices, which copies nothing), else None.
+    """
+
+    targets: tuple[Any, ...]
+    rows: tuple[torch.Tensor, ...]
+    inverse: torch.Tensor
+    contiguous: list[int] | None
+
+    @staticmethod
+    def from_rows(per_row: Sequence[Any], device: torch.device | None = None) -> RowGroups:
+        """Group ``per_row`` (one target per row) by target, in order of first appearance."""
+        order: dict[Any, list[int]] = {}
+        for i, target in enumerate(per_row):
+            order.setdefault(target, []).append(i)
+        targets = tuple(order)
+        rows = tuple(torch.tensor(idx, dtype=torch.long, device=device) for idx in order.values())
+        flat = [i for idx in order.values() for i in idx]
+        contiguous = None
+        if flat == list(range(len(per_row))):
+            contiguous = [0]
+            for idx in order.values():
+                contiguous.append(contiguous[-1] + len(idx))
+        inverse = torch.empty(len(flat), dtype=torch.long, device=device)
+        inverse[torch.tensor(flat, dtype=torch.long, device=device)] = torch.arange(len(flat), device=device)
+        return RowGroups(targets, rows, inverse, contiguous)
+
+
 class ForwardContext:
     """State of one forward pass through an adapter-enabled model.
 
     Attributes:
         setup: the adapter setup in force for this forward (None: no adapters run).
         skip_layers: layer ids in which no adapter runs.
+        row_groups: per-row routing (the ``adapter_names`` forward argument), overriding ``setup``.
+        task_ids: the ``task_ids`` forward argument (for `MultiTask`).
+        flat_names: the setup's names when it is a Stack of adapter names (the common case, run
+            without the composition machinery), else None.
+        parallel_channels: copies of the batch the setup needs (1 without `Parallel`).
+        original_batch_size: rows before `Parallel` replication (set when the model input is seen).
+        replicated: whether the batch flowing through the layers is already replicated.
         scratch: values that hooks of one layer hand to each other, keyed by the hooks' owners.
-        options: per-call flags (reserved for options such as gating-score output).
+        options: per-call flags such as ``output_adapter_fusion_attentions``.
+        outputs: per-call results that hooks collect (fusion attentions, gating scores).
     """
 
-    def __init__(self, setup: AdapterCompositionBlock | None, skip_layers: frozenset[int] = frozenset()):
+    def __init__(
+        self,
+        setup: AdapterCompositionBlock | None,
+        skip_layers: frozenset[int] = frozenset(),
+        row_groups: RowGroups | None = None,
+        task_ids: Any = None,
+    ):
         self.setup = setup
-        self.active_names: frozenset[str] = setup.flatten() if setup is not None else frozenset()
+        self.row_groups = row_groups
+        self.task_ids = task_ids
+        if row_groups is not None:
+            names = set()
+            for target in row_groups.targets:
+                if isinstance(target, str):
+                    names.add(target)
+                elif target is not None:
+                    names.update(target.flatten())
+            self.active_names: frozenset[str] = frozenset(names)
+        else:
+            self.active_names = setup.flatten() if setup is not None else frozenset()
+        self.flat_names: tuple[str, ...] | None = None
+        if row_groups is None and isinstance(setup, Stack) and all(isinstance(c, str) for c in setup):
+            self.flat_names = setup.children  # type: ignore[assignment]
+        self.parallel_channels = setup.parallel_channels if setup is not None and row_groups is None else 1
+        self.original_batch_size: int | None = None
+        self.replicated = False
         self.skip_layers = skip_layers
         self.scratch: dict[Any, Any] = {}
         self.options: dict[str, Any] = {}
+        self.outputs: dict[str, Any] = {}
+        self._task_groups: dict[int, RowGroups] = {}
         self._token: Token | None = None
         self._owner: object | None = None
 
@@ -80,6 +156,36 @@ class ForwardContext:
     def get_context() -> ForwardContext | None:
         """The forward context of the forward running in this thread/task, or None."""
         return _forward_context.get()
+
+    def task_groups(self, block: AdapterCompositionBlock, batch_size: int) -> RowGroups | None:
+        """`MultiTask` rows grouped by child, from ``task_ids`` (child indices or names); None without them.
+
+        Raises:
+            ValueError: for a task id that names no child, or a length that is not the batch size.
+        """
+        if self.task_ids is None:
+            return None
+        key = id(block)
+        if key not in self._task_groups:
+            ids = self.task_ids
+            children = list(block.children)
+            if isinstance(ids, torch.Tensor):
+                ids = ids.tolist()
+            per_row = []
+            for task in ids:
+                if isinstance(task, str):
+                    if task not in children:
+                        raise ValueError(f"task id {task!r} names no child of {block!r}")
+                    per_row.append(task)
+                elif isinstance(task, int) and 0 <= task < len(children):
+                    per_row.append(children[task])
+                else:
+                    raise ValueError(f"task id {task!r} is not a child index (0..{len(children) - 1}) of {block!r}")
+            self._task_groups[key] = RowGroups.from_rows(per_row)
+        groups = self._task_groups[key]
+        if len(groups.inverse) != batch_size:
+            raise ValueError(f"task_ids has {len(groups.inverse)} entries for a batch of {batch_size} rows")
+        return groups
 
     def enter(self, owner: object) -> None:
         """Make this the current context; ``owner`` is the object that must call :meth:`exit`."""

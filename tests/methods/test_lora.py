@@ -51,7 +51,7 @@ def test_gated_lora_uses_gate_instead_of_scaling():
     torch.testing.assert_close(lora.delta(X), gate * (X @ lora.lora_A.t() @ lora.lora_B.t()))
 
 
-def test_stack_sums_lora_updates_and_multiplies_ia3_scales():
+def test_stack_applies_updates_in_order_on_the_same_input():
     model = tiny_model("bert")
     for name, config in (("l1", "lora"), ("l2", "lora[r=4]"), ("s", "ia3")):
         model.add_adapter(name, config=config)
@@ -66,4 +66,4 @@ def test_stack_sums_lora_updates_and_multiplies_ia3_scales():
         got = query(x)
     finally:
         ctx.exit(owner=query)
-    torch.testing.assert_close(got, base * s.factor(x) + l1.delta(x) + l2.delta(x))
+    torch.testing.assert_close(got, (base + l1.delta(x) + l2.delta(x)) * s.factor(x))

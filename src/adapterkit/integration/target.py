@@ -1,23 +1,38 @@
 """`ModelTarget`: one adapter-enabled model seen through its architecture table entry.
 
 It resolves table paths to modules, numbers the layers, and installs the context guards: hooks on
-the model root and on each layer that open a `ForwardContext` for a forward when none is open.
+the model root and on each layer that open a `ForwardContext` for a forward when none is open. The
+root guard also takes the adapter arguments of a forward out of its keyword arguments (see
+`FORWARD_ARGUMENTS`), and the layer guards replicate the batch for `Parallel`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..composition import AdapterCompositionBlock
-from ..context import AdapterSetup, ForwardContext
+from ..composition import AdapterCompositionBlock, parse_composition
+from ..context import AdapterSetup, ForwardContext, RowGroups
 from .architectures import ArchitectureSpec, get_architecture
 from .modules import get_submodule
 
 SetupResolver = Callable[[], tuple[AdapterCompositionBlock | None, frozenset[int]]]
+SetupValidator = Callable[[AdapterCompositionBlock | None], None]
+
+# keyword arguments any forward of an adapter model accepts (taken out before the model sees them)
+FORWARD_ARGUMENTS = (
+    "adapter_names",  # one adapter name, block or None per row: per-row routing
+    "task_ids",  # per-row child index or name for MultiTask
+    "output_adapter_fusion_attentions",
+    "adapter_input_parallelized",  # the batch is already replicated for Parallel (generate does this)
+)
+_BATCH_INPUTS = ("input_ids", "inputs_embeds", "attention_mask", "pixel_values", "input_features")
 
 
 class ModelTarget:
@@ -35,14 +50,21 @@ class ModelTarget:
     """
 
     def __init__(
-        self, base_model: nn.Module, resolve_setup: SetupResolver, spec: ArchitectureSpec | None = None
+        self,
+        base_model: nn.Module,
+        resolve_setup: SetupResolver,
+        spec: ArchitectureSpec | None = None,
+        validate_setup: SetupValidator | None = None,
     ):
         self.base_model = base_model
         self.config = base_model.config
         self.spec = spec or get_architecture(self.config.model_type)
         self.resolve_setup = resolve_setup
+        self.validate_setup = validate_setup or (lambda setup: None)
         self.layers: list[nn.Module] = list(get_submodule(base_model, self.spec.layers))
         self.hidden_size: int = getattr(self.config, self.spec.hidden_size_attr)
+        # adapter name -> layers holding its modules (kept by the model's add/delete)
+        self.adapter_layers: dict[str, frozenset[int]] = {}
         self._guard_handles: list[RemovableHandle] = []
 
     def layer_module(self, layer_idx: int, path: str) -> nn.Module:
@@ -50,17 +72,47 @@ class ModelTarget:
         return get_submodule(self.layers[layer_idx], path)
 
     # ---- forward context -------------------------------------------------------------------
-    def open_context(self, owner: object) -> ForwardContext | None:
-        """Open a forward context owned by ``owner`` unless one is open already. Returns it if opened."""
+    def open_context(self, owner: object, kwargs: dict[str, Any] | None = None) -> ForwardContext | None:
+        """Open a forward context owned by ``owner`` unless one is open already. Returns it if opened.
+
+        Args:
+            owner: the module whose forward this is.
+            kwargs: the forward's keyword arguments; the `FORWARD_ARGUMENTS` are taken out of it.
+
+        Raises:
+            ValueError: for ``adapter_names`` naming an unknown adapter or not one per row.
+        """
+        extra = {k: kwargs.pop(k) for k in FORWARD_ARGUMENTS if kwargs is not None and k in kwargs}
         if ForwardContext.get_context() is not None:
             return None
         setup, skip_layers = self.resolve_setup()
         override = AdapterSetup.get_context()
         if override is not None:
             setup = override.adapter_setup
-        ctx = ForwardContext(setup, skip_layers)
+        routing = extra.get("adapter_names")
+        if routing is None:
+            routing = _ROUTING.get()
+        groups = None
+        if routing is not None:
+            groups = self._row_groups(routing, _batch_size(kwargs or {}))
+        ctx = ForwardContext(setup, skip_layers, row_groups=groups, task_ids=extra.get("task_ids"))
+        ctx.options["output_adapter_fusion_attentions"] = bool(extra.get("output_adapter_fusion_attentions"))
+        if ctx.parallel_channels > 1 and (extra.get("adapter_input_parallelized") or _INPUT_PARALLELIZED.get()):
+            ctx.replicated = True
         ctx.enter(owner)
         return ctx
+
+    def _row_groups(self, per_row: Sequence[Any], batch_size: int | None) -> RowGroups:
+        targets = [parse_composition(t) if t is not None and not isinstance(t, str) else t for t in per_row]
+        for target in set(targets):
+            if target is not None:
+                self.validate_setup(parse_composition(target))
+        if batch_size is not None and batch_size != len(targets):
+            if batch_size % len(targets):
+                raise ValueError(f"adapter_names has {len(targets)} entries for a batch of {batch_size} rows")
+            # generate() expands each row for beams / return sequences: repeat each entry as it does
+            targets = [t for t in targets for _ in range(batch_size // len(targets))]
+        return RowGroups.from_rows(targets)
 
     def close_context(self, owner: object) -> None:
         """Close the current forward context if ``owner`` opened it."""
@@ -72,12 +124,15 @@ class ModelTarget:
         """Hook ``root`` and every layer so each forward runs inside a forward context.
 
         The layer guards matter when a layer runs on its own, e.g. when gradient checkpointing
-        recomputes it during the backward pass.
+        recomputes it during the backward pass; they also replicate the batch for `Parallel`.
         """
         self.remove_context_guards()
-        for module in [root, *self.layers]:
-            self._guard_handles.append(module.register_forward_pre_hook(self._pre_hook))
-            self._guard_handles.append(module.register_forward_hook(self._post_hook, always_call=True))
+        self._guard_handles.append(root.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
+        self._guard_handles.append(root.register_forward_hook(self._post_hook, always_call=True))
+        for idx, layer in enumerate(self.layers):
+            hook = _LayerGuard(self, idx)
+            self._guard_handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+            self._guard_handles.append(layer.register_forward_hook(self._post_hook, always_call=True))
 
     def remove_context_guards(self) -> None:
         """Remove the hooks installed by :meth:`install_context_guards`."""
@@ -85,8 +140,90 @@ class ModelTarget:
             handle.remove()
         self._guard_handles.clear()
 
-    def _pre_hook(self, module: nn.Module, args: Any) -> None:
-        self.open_context(module)
+    def _root_pre_hook(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if args and "input_ids" not in kwargs and isinstance(args[0], torch.Tensor):
+            kwargs = {**kwargs, "_first_positional": args[0]}
+        self.open_context(module, kwargs)
+        kwargs.pop("_first_positional", None)
+        return args, kwargs
 
     def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         self.close_context(module)
+
+    # ---- Parallel --------------------------------------------------------------------------
+    def replication_layer(self, ctx: ForwardContext) -> int:
+        """The first layer that runs an adapter of the setup: `Parallel` replicates the batch there,
+        so the layers below run once (AdapterDrop). Layer 0 if no layer runs one."""
+        layers = [
+            idx for name in ctx.active_names for idx in self.adapter_layers.get(name, ()) if idx not in ctx.skip_layers
+        ]
+        return min(layers, default=0)
+
+
+class _LayerGuard:
+    """Forward pre-hook of one layer: opens a context if none is open (a layer run on its own) and
+    replicates the layer's batch inputs for `Parallel` from the replication layer on."""
+
+    def __init__(self, target: ModelTarget, idx: int):
+        self.target = target
+        self.idx = idx
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
+        ctx = self.target.open_context(module)
+        if ctx is None:
+            ctx = ForwardContext.get_context()
+        if ctx is None or ctx.parallel_channels == 1:
+            return None
+        if not ctx.replicated:
+            if self.idx < self.target.replication_layer(ctx):
+                return None
+            hidden = args[0] if args else kwargs["hidden_states"]
+            ctx.original_batch_size = hidden.shape[0]
+            ctx.replicated = True
+        elif ctx.original_batch_size is None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            ctx.original_batch_size = hidden.shape[0] // ctx.parallel_channels
+        return _replicate(args, ctx), {k: _replicate(v, ctx) for k, v in kwargs.items()}
+
+
+def _replicate(value: Any, ctx: ForwardContext) -> Any:
+    """``value`` with every batch-first tensor of the un-replicated batch size repeated once per channel
+    (cached per tensor, so masks shared by all layers are repeated once)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() < 2 or value.shape[0] != ctx.original_batch_size:
+            return value
+        cache = ctx.scratch.setdefault("parallel_replicas", {})
+        hit = cache.get(id(value))
+        if hit is None or hit[0] is not value:
+            hit = (value, value.repeat(ctx.parallel_channels, *([1] * (value.dim() - 1))))
+            cache[id(value)] = hit
+        return hit[1]
+    if isinstance(value, tuple):
+        return tuple(_replicate(v, ctx) for v in value)
+    if isinstance(value, list):
+        return [_replicate(v, ctx) for v in value]
+    return value
+
+
+def _batch_size(kwargs: dict[str, Any]) -> int | None:
+    for key in (*_BATCH_INPUTS, "_first_positional"):
+        value = kwargs.get(key)
+        if isinstance(value, torch.Tensor):
+            return value.shape[0]
+    return None
+
+
+_ROUTING: ContextVar[Sequence[Any] | None] = ContextVar("adapterkit_routing", default=None)
+_INPUT_PARALLELIZED: ContextVar[bool] = ContextVar("adapterkit_input_parallelized", default=False)
+
+
+@contextlib.contextmanager
+def generation_arguments(adapter_names: Sequence[Any] | None, input_parallelized: bool) -> Iterator[None]:
+    """Adapter arguments for every forward inside the block (``generate()`` calls forward many times
+    and rejects keyword arguments the model's forward does not name)."""
+    tokens = (_ROUTING.set(adapter_names), _INPUT_PARALLELIZED.set(input_parallelized))
+    try:
+        yield
+    finally:
+        _ROUTING.reset(tokens[0])
+        _INPUT_PARALLELIZED.reset(tokens[1])

@@ -12,7 +12,7 @@ from collections.abc import Container
 
 from torch import nn
 
-from ..composition import AdapterCompositionBlock, Stack
+from ..composition import AdapterCompositionBlock, Average, BatchSplit, MultiTask, Parallel, Split, Stack
 from ..configs import AdapterConfig
 from ..context import ForwardContext
 from ..integration.target import ModelTarget
@@ -26,14 +26,23 @@ class AdapterMethod(ABC):
     Attributes:
         name: registry key; configs name their method through ``config.method``.
         config_class: the config class this method accepts.
-        supported_blocks: composition block types this method can run.
+        supported_blocks: composition block types this method's adapters may sit in. The blocks that
+            only cut and recombine rows or tokens run for every method through `methods.compose`;
+            a method adds blocks that need its own code (bottleneck adapters: Fuse).
         module_attribute: the ModuleDict attribute holding this method's per-adapter modules
             (``"adapters"``, ``"loras"``); state-dict keys contain ``.<attribute>.<adapter name>.``.
     """
 
     name: str
     config_class: type[AdapterConfig]
-    supported_blocks: tuple[type[AdapterCompositionBlock], ...] = (Stack,)
+    supported_blocks: tuple[type[AdapterCompositionBlock], ...] = (
+        Stack,
+        Split,
+        BatchSplit,
+        Parallel,
+        Average,
+        MultiTask,
+    )
     module_attribute: str
 
     @abstractmethod
@@ -68,16 +77,27 @@ class AdapterMethod(ABC):
 
 
 def active_in_order(ctx: ForwardContext | None, present: Container[str], layer_idx: int) -> list[str]:
-    """Names of the adapters to run at one location, in setup order.
+    """Names of the adapters to run at one location, in order, when the setup is a plain Stack of
+    names (the common case, which sites run directly); [] otherwise.
 
     Args:
         ctx: the current forward context (None: nothing runs).
         present: the adapter names that have modules at this location.
         layer_idx: the layer of this location (skipped layers run nothing).
     """
-    if ctx is None or ctx.setup is None or layer_idx in ctx.skip_layers:
+    if ctx is None or ctx.flat_names is None or layer_idx in ctx.skip_layers:
         return []
-    return [name for name in ctx.setup.children if isinstance(name, str) and name in present]
+    return [name for name in ctx.flat_names if name in present]
+
+
+def composed_here(ctx: ForwardContext | None, present: Container[str], layer_idx: int) -> bool:
+    """Whether a setup that is not a plain Stack of names (or per-row routing) has an adapter at
+    this location; such setups run through `methods.compose.run_setup`."""
+    if ctx is None or ctx.flat_names is not None or layer_idx in ctx.skip_layers:
+        return False
+    if ctx.setup is None and ctx.row_groups is None:
+        return False
+    return any(name in present for name in ctx.active_names)
 
 
 _METHODS: dict[str, AdapterMethod] = {}

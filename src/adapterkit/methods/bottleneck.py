@@ -17,6 +17,7 @@ add and layer norm finish the computation. No model code is copied.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -26,11 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import get_activation
 
+from ..composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack
 from ..configs import BnConfig
 from ..context import ForwardContext
 from ..integration.modules import first_input, get_or_create_host, main_output, with_main_output
 from ..integration.target import ModelTarget
-from .base import AdapterMethod, LayerModules, active_in_order, register_method
+from .base import AdapterMethod, LayerModules, active_in_order, composed_here, register_method
+from .compose import Composer, SiteState, run_setup
 
 LOCATIONS = {"mh_adapter": "attention", "output_adapter": "ffn"}
 _HANDLES = "_adapterkit_bottleneck_hooks"
@@ -130,12 +133,17 @@ class BottleneckAdapter(nn.Module):
             residual = h
         return h, residual
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``up(act(down(x))) * scaling`` (+ residual for sequential adapters)."""
+    def up(self, x: torch.Tensor) -> torch.Tensor:
+        """``up(act(down(x))) * scaling``: the adapter's contribution before dropout, gate and residual
+        (what AdapterFusion attends over)."""
         out = self.adapter_up(self.adapter_down(x))
         if not (isinstance(self.scaling, float) and self.scaling == 1.0):  # skip a full pass for the default
             out = out * self.scaling
-        out = self.dropout(out)
+        return out
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
+        """``up(act(down(x))) * scaling`` (+ residual for sequential adapters); ``up`` if computed already."""
+        out = self.dropout(self.up(x) if up is None else up)
         if self.config.use_gating:
             out = out * torch.sigmoid(self.gate(x)).mean(dim=1, keepdim=True)
         if self.config.is_parallel:
@@ -145,13 +153,33 @@ class BottleneckAdapter(nn.Module):
         if self.config.ln_after:
             out = self.adapter_norm_after(out)
         if not self.config.adapter_residual_before_ln:
-            # in place: `out` is a fresh tensor here and no backward needs its old value
-            out = out.add_(residual)
+            # in place when `out` is a fresh tensor no backward needs; a caller's `up` must stay intact
+            out = out + residual if out is up else out.add_(residual)
         return out
 
-    def value_for_model(self, out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """What replaces ``h`` so the model's own ``LN(value + r)`` equals the adapter's final output."""
-        return out + h if self.config.is_parallel else out
+    def fusion_inputs(
+        self, h: torch.Tensor, r: torch.Tensor, layer_norm: nn.Module | None, query_before_ln: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query, residual) for an AdapterFusion whose last fused adapter is this one."""
+        x, residual = self.adapter_input(h, r, layer_norm)
+        if self.config.is_parallel:
+            return r, residual
+        return (h if query_before_ln else x), residual
+
+
+def apply_adapter(
+    adapter: BottleneckAdapter, hidden: torch.Tensor, r: torch.Tensor, layer_norm: nn.Module | None,
+    summed: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One adapter on the running hidden state: (new hidden state, the adapter's up output).
+
+    A sequential adapter replaces the hidden state by its output; a parallel adapter adds its
+    output to it (so stacked parallel adapters sum).
+    """
+    x, residual = adapter.adapter_input(hidden, r, layer_norm, summed)
+    up = adapter.up(x)
+    out = adapter.forward(x, residual, up)
+    return (hidden + out if adapter.config.is_parallel else out), up
 
 
 @dataclass(eq=False)
@@ -161,11 +189,94 @@ class _Site:
     host: nn.Module
     layer_norm: nn.Module | None
     layer_idx: int
+    location: str
+
+
+@dataclass
+class BottleneckState(SiteState):
+    """A bottleneck site's value: the running hidden state, the sub-block input ``r`` (residual
+    stream) and the last adapter's up output (for AdapterFusion)."""
+
+    hidden: torch.Tensor
+    r: torch.Tensor
+    up: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.hidden.shape[1]
+
+    def rows(self, index: slice | torch.Tensor) -> BottleneckState:
+        return BottleneckState(self.hidden[index], self.r[index], None if self.up is None else self.up[index])
+
+    def tokens(self, index: slice) -> BottleneckState:
+        return BottleneckState(
+            self.hidden[:, index], self.r[:, index], None if self.up is None else self.up[:, index]
+        )
+
+    @classmethod
+    def cat(cls, states: Sequence[BottleneckState], dim: int) -> BottleneckState:
+        ups = [s.up for s in states]
+        return BottleneckState(
+            torch.cat([s.hidden for s in states], dim),
+            torch.cat([s.r for s in states], dim),
+            torch.cat(ups, dim) if all(u is not None for u in ups) else None,  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def weighted_sum(cls, states: Sequence[BottleneckState], weights: Sequence[float]) -> BottleneckState:
+        hidden = sum(w * s.hidden for w, s in zip(weights, states, strict=True))
+        return BottleneckState(hidden, states[0].r)  # type: ignore[arg-type]
+
+
+class _BottleneckComposer(Composer[BottleneckState]):
+    def __init__(self, site: _Site):
+        self.site = site
+        self.present = site.host.adapters
+
+    def single(self, name: str, state: BottleneckState) -> BottleneckState:
+        hidden, up = apply_adapter(self.site.host.adapters[name], state.hidden, state.r, self.site.layer_norm)
+        return BottleneckState(hidden, state.r, up)
+
+    def fuse(self, block: Fuse, state: BottleneckState, run: Callable) -> BottleneckState:
+        """AdapterFusion: attention of a query over the fused children's up outputs (+ residual).
+
+        The query and residual come from the last fused adapter's input step, as in AdapterHub.
+        """
+        fusion = self.site.host.adapter_fusion_layer[block.name]
+        last = self.site.host.adapters[block.last()]
+        query, residual = last.fusion_inputs(
+            state.hidden, state.r, self.site.layer_norm, bool(fusion.config["query_before_ln"])
+        )
+        ups = [run(child, state).up for child in block]
+        ctx = ForwardContext.get_context()
+        want_attn = ctx is not None and ctx.options.get("output_adapter_fusion_attentions", False)
+        hidden, attention = fusion(query, torch.stack(ups, dim=2), residual)
+        if want_attn:
+            per_fusion = ctx.outputs.setdefault("adapter_fusion_attentions", {}).setdefault(block.name, {})  # type: ignore[union-attr]
+            per_fusion.setdefault(self.site.layer_idx, {})[self.site.location] = attention.detach()
+        return BottleneckState(hidden, state.r, None)
+
+
+def _run_composed(site: _Site, h: torch.Tensor, r: torch.Tensor, summed: torch.Tensor | None) -> torch.Tensor:
+    """Any setup other than a Stack of names, through `methods.compose`; returns like `_run`."""
+    ctx = ForwardContext.get_context()
+    state = run_setup(ctx, BottleneckState(h, r), _BottleneckComposer(site))  # type: ignore[arg-type]
+    return state.hidden if summed is None else state.hidden + r
+
+
+def _plan(ctx: ForwardContext | None, site: _Site) -> list[str] | bool:
+    """The names to run directly (a Stack of names), True for a setup run through `compose`, or []."""
+    names = active_in_order(ctx, site.host.adapters, site.layer_idx)
+    return names or composed_here(ctx, site.host.adapters, site.layer_idx)
 
 
 def _capture_residual(site: _Site, module: nn.Module, args: tuple, kwargs: dict) -> None:
     ctx = ForwardContext.get_context()
-    if active_in_order(ctx, site.host.adapters, site.layer_idx):
+    if _plan(ctx, site):
         ctx.scratch[site] = first_input(args, kwargs)  # type: ignore[union-attr]
 
 
@@ -176,7 +287,7 @@ def _apply_adapters(site: _Site, module: nn.Module, args: tuple, output: Any) ->
     ``h + r`` from the model and so saves recomputing it.
     """
     ctx = ForwardContext.get_context()
-    names = active_in_order(ctx, site.host.adapters, site.layer_idx)
+    names = _plan(ctx, site)
     if not names:
         return None
     h = main_output(output)
@@ -198,27 +309,36 @@ def _apply_before_norm(site: _Site, module: nn.Module, args: tuple) -> tuple | N
     return (_run(site, names, h, r, summed=args[0]), *args[1:])
 
 
-def _run(site: _Site, names: list[str], h: torch.Tensor, r: torch.Tensor, summed: torch.Tensor | None) -> torch.Tensor:
-    """Apply the adapters ``names`` in order.
+def _run(
+    site: _Site, names: list[str] | bool, h: torch.Tensor, r: torch.Tensor, summed: torch.Tensor | None
+) -> torch.Tensor:
+    """Apply the adapters ``names`` in order (``True``: the context's composed setup).
 
     Returns the value that replaces ``h`` (pre-LN, ``summed`` is None), or the norm's new input
-    (post-LN, ``summed = h + r``): ``value + r``, computed as ``f + summed`` where the adapter adds
-    ``h`` last, which saves a full pass.
+    (post-LN, ``summed = h + r``).
     """
+    if names is True:
+        return _run_composed(site, h, r, summed)
+    if summed is not None and len(names) == 1:  # type: ignore[arg-type]
+        return _single_into_norm(site.host.adapters[names[0]], h, r, site.layer_norm, summed)  # type: ignore[index]
     hidden = h
-    for i, name in enumerate(names):
-        adapter = site.host.adapters[name]
-        x, residual = adapter.adapter_input(hidden, r, site.layer_norm, summed if hidden is h else None)
-        cfg = adapter.config
-        adds_residual_last = not (cfg.ln_after and cfg.adapter_residual_before_ln)
-        if summed is not None and i == len(names) - 1 and residual is h and adds_residual_last and not cfg.is_parallel:
-            return adapter.forward(x, summed)  # f + h + r
-        hidden = adapter.forward(x, residual)
-    if summed is None:
-        return adapter.value_for_model(hidden, h)
-    if adapter.config.is_parallel:
-        return hidden.add_(summed)  # f + h + r
-    return hidden + r
+    for name in names:  # type: ignore[union-attr]
+        hidden, _ = apply_adapter(site.host.adapters[name], hidden, r, site.layer_norm, summed if hidden is h else None)
+    return hidden if summed is None else hidden + r
+
+
+def _single_into_norm(
+    adapter: BottleneckAdapter, h: torch.Tensor, r: torch.Tensor, layer_norm: nn.Module | None, summed: torch.Tensor
+) -> torch.Tensor:
+    """The post-LN norm input ``adapter output + r`` for one adapter, reusing the model's ``summed = h + r``
+    where the adapter adds ``h`` last (saves a full pass over the activations)."""
+    x, residual = adapter.adapter_input(h, r, layer_norm, summed)
+    cfg = adapter.config
+    if cfg.is_parallel:
+        return adapter.forward(x, residual).add_(summed)  # f + h + r
+    if residual is h and not (cfg.ln_after and cfg.adapter_residual_before_ln):
+        return adapter.forward(x, summed)  # f + h + r
+    return adapter.forward(x, residual) + r
 
 
 class BottleneckMethod(AdapterMethod):
@@ -227,6 +347,7 @@ class BottleneckMethod(AdapterMethod):
     name = "bottleneck"
     config_class = BnConfig
     module_attribute = "adapters"
+    supported_blocks = (Stack, Fuse, Split, BatchSplit, Parallel, Average, MultiTask)
 
     def _check(self, config: BnConfig) -> None:
         unsupported = {
@@ -265,15 +386,15 @@ class BottleneckMethod(AdapterMethod):
                 )
                 adapter.train(layer.training)
                 host.adapters[adapter_name] = adapter
-                self._ensure_hooks(target, idx, host, block)
+                self._ensure_hooks(target, idx, host, block, location)
                 created.setdefault(idx, {})[location] = adapter
         return created
 
-    def _ensure_hooks(self, target: ModelTarget, idx: int, host: nn.Module, block: Any) -> None:
+    def _ensure_hooks(self, target: ModelTarget, idx: int, host: nn.Module, block: Any, location: str) -> None:
         if getattr(host, _HANDLES, None):
             return
         norm = target.layer_module(idx, block.layer_norm) if block.layer_norm else None
-        site = _Site(host=host, layer_norm=norm, layer_idx=idx)
+        site = _Site(host=host, layer_norm=norm, layer_idx=idx, location=location)
         residual_module = target.layer_module(idx, block.residual_input)
         output_module = target.layer_module(idx, block.output)
         handles = [

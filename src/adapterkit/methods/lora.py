@@ -1,10 +1,11 @@
 """LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685) and (IA)^3 (Liu et al., 2022).
 
-For a projection ``y = W x + b`` the active adapters of a forward give
+For a projection ``y = W x + b`` each active adapter updates the output in turn:
 
-    y = (W x + b) * prod_i (alpha_i * l_i)  +  sum_j (alpha_j / r_j) * B_j A_j dropout(x)
+    LoRA:    y <- y + (alpha / r) * B A dropout(x)
+    (IA)^3:  y <- y * (alpha * l)                        (l = lora_B)
 
-with one factor per (IA)^3 adapter (``l = lora_B``) and one term per LoRA adapter. Each adapted
+so a Stack of LoRA adapters sums their updates (all on the same input ``x``). Each adapted
 projection keeps its module and weights; a ``loras`` ModuleDict is added to it (AdapterHub's key
 names) and one forward hook adds the terms. A fused q/k/v projection (GPT-2's ``c_attn``) gets a
 grouped update: ``A`` stacks one ``r x in`` block and ``B`` one ``d x r`` block per enabled matrix.
@@ -16,6 +17,8 @@ Merging folds an adapter into ``W`` (and ``b`` for (IA)^3); the original tensors
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,9 +26,10 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..configs import LoRAConfig
-from ..context import ForwardContext
+from ..context import ForwardContext, RowGroups
 from ..integration.target import ModelTarget
-from .base import AdapterMethod, LayerModules, active_in_order, register_method
+from .base import AdapterMethod, LayerModules, active_in_order, composed_here, register_method
+from .compose import Composer, SiteState, run_setup
 
 _QKV = ("q", "k", "v")
 _STATE = "_adapterkit_lora"  # per-projection state: layer index, hook handle, merged adapter, backup
@@ -179,19 +183,85 @@ def _shape(module: nn.Module) -> tuple[int, int]:
 def _lora_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
     state = module.__dict__[_STATE]
     loras = module.loras
-    merged = state["merged"]  # already folded into the weight
-    names = [n for n in active_in_order(ForwardContext.get_context(), loras, state["layer_idx"]) if n != merged]
-    if not names:
-        return None
-    x = args[0]
-    scaled, added = output, None
-    for name in names:
-        lora = loras[name]
-        if isinstance(lora, IA3):
-            scaled = scaled * lora.factor(x)
-        else:
-            added = lora.delta(x) if added is None else added + lora.delta(x)
-    return scaled if added is None else scaled + added
+    ctx = ForwardContext.get_context()
+    names = active_in_order(ctx, loras, state["layer_idx"])
+    if names:
+        y = output
+        for name in names:
+            if name != state["merged"]:  # a merged adapter is in the weight already
+                y = _apply(loras[name], args[0], y)
+        return y
+    if composed_here(ctx, loras, state["layer_idx"]):
+        if state["merged"] is not None:
+            raise RuntimeError(
+                f"adapter {state['merged']!r} is merged into the weights, which applies it to every row; "
+                "call reset_adapter() before running a composed or per-row setup"
+            )
+        return run_setup(ctx, LoRAState(args[0], output), _LoRAComposer(loras)).y  # type: ignore[arg-type]
+    return None
+
+
+def _apply(lora: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One LoRA (``y + delta(x)``) or (IA)^3 (``y * factor(x)``) adapter on projection output ``y``."""
+    return y * lora.factor(x) if isinstance(lora, IA3) else y + lora.delta(x)
+
+
+@dataclass
+class LoRAState(SiteState):
+    """A projection's input ``x`` and its (updated) output ``y``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.y.shape[1]
+
+    def rows(self, index: slice | torch.Tensor) -> LoRAState:
+        return LoRAState(self.x[index], self.y[index])
+
+    def tokens(self, index: slice) -> LoRAState:
+        return LoRAState(self.x[:, index], self.y[:, index])
+
+    @classmethod
+    def cat(cls, states: Sequence[LoRAState], dim: int) -> LoRAState:
+        return LoRAState(torch.cat([s.x for s in states], dim), torch.cat([s.y for s in states], dim))
+
+    @classmethod
+    def weighted_sum(cls, states: Sequence[LoRAState], weights: Sequence[float]) -> LoRAState:
+        return LoRAState(states[0].x, sum(w * s.y for w, s in zip(weights, states, strict=True)))  # type: ignore[arg-type]
+
+
+class _LoRAComposer(Composer[LoRAState]):
+    def __init__(self, loras: nn.ModuleDict):
+        self.present = loras
+
+    def single(self, name: str, state: LoRAState) -> LoRAState:
+        return LoRAState(state.x, _apply(self.present[name], state.x, state.y))
+
+    def route(self, groups: RowGroups, state: LoRAState) -> LoRAState | None:
+        """Rows of plain LoRA adapters get their update added in place (no copies of the output);
+        other targets use the generic routing."""
+        loras = [self.present[t] if isinstance(t, str) and t in self.present else None for t in groups.targets]
+        if any(isinstance(lora, IA3) for lora in loras) or any(
+            t is not None and not isinstance(t, str) for t in groups.targets
+        ):
+            return None
+        y = state.y
+        for i, lora in enumerate(loras):
+            if lora is None:
+                continue
+            if groups.contiguous is not None:
+                rows = slice(groups.contiguous[i], groups.contiguous[i + 1])
+                y[rows] += lora.delta(state.x[rows])
+            else:
+                idx = groups.rows[i]
+                y.index_add_(0, idx, lora.delta(state.x.index_select(0, idx)))
+        return LoRAState(state.x, y)
 
 
 class LoRAMethod(AdapterMethod):

@@ -39,7 +39,9 @@ class ModelAdaptersMixin:
     def _init_adapters(self, spec: ArchitectureSpec | None = None) -> None:
         """Attach the adapter machinery and re-create adapters listed in ``config.adapters``."""
         self.adapters_config = ModelAdaptersConfig()
-        self._adapter_target = ModelTarget(self.base_model, self._stored_setup, spec)  # type: ignore[attr-defined]
+        self._adapter_target = ModelTarget(
+            self.base_model, self._stored_setup, spec, validate_setup=self.validate_setup  # type: ignore[attr-defined]
+        )
         self._adapter_target.install_context_guards(self)  # type: ignore[arg-type]
         self.model_frozen = False
         saved = getattr(self.config, "adapters", None)  # type: ignore[attr-defined]
@@ -80,10 +82,11 @@ class ModelAdaptersMixin:
                 )
             self.delete_adapter(adapter_name)
         try:
-            method.add(self._adapter_target, adapter_name, resolved)
+            created = method.add(self._adapter_target, adapter_name, resolved)
         except Exception:
             method.delete(self._adapter_target, adapter_name)
             raise
+        self._adapter_target.adapter_layers[adapter_name] = frozenset(created)
         self.adapters_config.add(adapter_name, resolved)
         if set_active:
             self.set_active_adapters(adapter_name)
@@ -95,6 +98,7 @@ class ModelAdaptersMixin:
             logger.warning("no adapter named %r to delete", adapter_name)
             return
         method_for(config).delete(self._adapter_target, adapter_name)
+        self._adapter_target.adapter_layers.pop(adapter_name, None)
         self.adapters_config.remove(adapter_name)
 
     def has_adapters(self) -> bool:
@@ -132,22 +136,34 @@ class ModelAdaptersMixin:
         self.adapters_config.skip_layers = frozenset(skip_layers or ())
 
     def validate_setup(self, setup: AdapterCompositionBlock | None) -> None:
-        """Check that every adapter in ``setup`` exists and its method supports the blocks it sits in.
+        """Check that every adapter in ``setup`` exists and its method supports every block around it.
 
         Raises:
             ValueError: naming the adapter, the block and what is allowed.
         """
         if setup is None:
             return
-        for name in setup.flatten():
-            config = self.adapters_config.get(name)
-            if config is None:
-                raise ValueError(f"no adapter named {name!r}; this model has {sorted(self.adapters_config)}")
-            method = method_for(config)
-            if not isinstance(setup, method.supported_blocks):
+        self._validate_block(setup, ())
+
+    def _validate_block(self, block: AdapterCompositionBlock, parents: tuple[AdapterCompositionBlock, ...]) -> None:
+        enclosing = (*parents, block)
+        for child in block:
+            if isinstance(child, AdapterCompositionBlock):
+                self._validate_block(child, enclosing)
+            elif child is not None:
+                self._validate_adapter_in(child, enclosing)
+
+    def _validate_adapter_in(self, name: str, enclosing: tuple[AdapterCompositionBlock, ...]) -> None:
+        config = self.adapters_config.get(name)
+        if config is None:
+            raise ValueError(f"no adapter named {name!r}; this model has {sorted(self.adapters_config)}")
+        method = method_for(config)
+        for block in enclosing:
+            if not isinstance(block, method.supported_blocks):
                 allowed = [b.__name__ for b in method.supported_blocks]
                 raise ValueError(
-                    f"adapter {name!r} ({method.name}) cannot run inside {type(setup).__name__}; allowed: {allowed}"
+                    f"adapter {name!r} ({method.name}) cannot run inside {type(block).__name__} ({block!r}); "
+                    f"{method.name} adapters can sit in: {allowed}"
                 )
 
     @property
