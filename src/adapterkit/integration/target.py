@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+from transformers.utils import ModelOutput
 
 from ..composition import AdapterCompositionBlock, parse_composition
 from ..context import AdapterSetup, ForwardContext, RowGroups
@@ -128,7 +129,7 @@ class ModelTarget:
         """
         self.remove_context_guards()
         self._guard_handles.append(root.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
-        self._guard_handles.append(root.register_forward_hook(self._post_hook, always_call=True))
+        self._guard_handles.append(root.register_forward_hook(self._root_post_hook, always_call=True))
         for idx, layer in enumerate(self.layers):
             hook = _LayerGuard(self, idx)
             self._guard_handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
@@ -149,6 +150,18 @@ class ModelTarget:
 
     def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         self.close_context(module)
+
+    def _root_post_hook(self, module: nn.Module, args: Any, output: Any) -> Any:
+        """Close the forward's context and attach what its hooks collected (e.g.
+        ``adapter_fusion_attentions``) to a ``ModelOutput`` as extra fields."""
+        ctx = ForwardContext.get_context()
+        if ctx is None or not ctx.exit(module):
+            return None
+        if ctx.outputs and isinstance(output, ModelOutput):
+            for key, value in ctx.outputs.items():
+                output[key] = value
+            return output
+        return None
 
     # ---- Parallel --------------------------------------------------------------------------
     def replication_layer(self, ctx: ForwardContext) -> int:
