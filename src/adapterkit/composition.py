@@ -154,8 +154,8 @@ class Fuse(AdapterCompositionBlock):
         """The fusion layer's name."""
         return self._name or ",".join(c if isinstance(c, str) else str(c.last()) for c in self.children)
 
-    def _key(self) -> tuple:
-        return (*super()._key(), self.name)
+    def _save_kwargs(self) -> dict[str, Any]:
+        return {"name": self._name} if self._name else {}
 
 
 class Split(AdapterCompositionBlock):

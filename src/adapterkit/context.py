@@ -173,7 +173,7 @@ class ForwardContext:
                 ids = ids.tolist()
             per_row = []
             for task in ids:
-                if isinstance(task, str):
+                if isinstance(task, str) or task is None:
                     if task not in children:
                         raise ValueError(f"task id {task!r} names no child of {block!r}")
                     per_row.append(task)

@@ -1,0 +1,76 @@
+"""Every composition block with every method on every architecture, checked against running the
+adapters alone. `SUPPORT` is the published support matrix (docs/composition.md renders it; a test
+below keeps the two equal)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapterkit import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack
+from tiny import ARCHS, randomize, tiny_inputs, tiny_model
+
+METHODS = ["seq_bn", "double_seq_bn", "par_bn", "lora", "ia3"]
+FAMILY = {"seq_bn": "bottleneck", "double_seq_bn": "bottleneck", "par_bn": "bottleneck", "lora": "LoRA"}
+FAMILY["ia3"] = "(IA)^3"
+BLOCKS = ["Stack", "Fuse", "Split", "BatchSplit", "Parallel", "Average", "MultiTask", "per-row adapter_names"]
+# block -> method family -> True (tested below) or the error it raises at set-up
+SUPPORT: dict[str, dict[str, bool | str]] = {
+    block: {"bottleneck": True, "LoRA": True, "(IA)^3": True} for block in BLOCKS
+}
+SUPPORT["Fuse"].update({"LoRA": "ValueError at set_active_adapters", "(IA)^3": "ValueError at set_active_adapters"})
+
+B, T = 4, 9
+
+
+def _model(arch: str, method: str):
+    model = tiny_model(arch)
+    for i, name in enumerate(("a", "b")):
+        model.add_adapter(name, config=method)
+        randomize(model, name, seed=10 + i)
+    return model
+
+
+def _run(model, setup, **kwargs) -> torch.Tensor:
+    model.set_active_adapters(setup)
+    with torch.no_grad():
+        return model(**tiny_inputs(batch=B, seq=T), **kwargs).last_hidden_state
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_blocks_equal_running_adapters_alone(arch, method):
+    model = _model(arch, method)
+    base, a, b = _run(model, None), _run(model, "a"), _run(model, "b")
+    assert not torch.allclose(a, b, atol=1e-4)
+
+    stacked = _run(model, Stack("a", "b"))
+    assert not torch.allclose(stacked, a, atol=1e-4) and not torch.allclose(stacked, b, atol=1e-4)
+
+    parallel = _run(model, Parallel("a", "b", None))
+    assert parallel.shape[0] == 3 * B
+    _close(parallel[:B], a)
+    _close(parallel[B : 2 * B], b)
+    _close(parallel[2 * B :], base)
+
+    split_rows = _run(model, BatchSplit("b", None, "a", batch_sizes=[1, 1, 2]))
+    _close(split_rows, torch.cat([b[:1], base[1:2], a[2:]]))
+
+    with pytest.raises(ValueError, match="needs the forward argument task_ids"):
+        _run(model, MultiTask("a", "b"))
+    per_row = ["b", "a", None, "b"]
+    expected = torch.stack([{"a": a, "b": b, None: base}[t][i] for i, t in enumerate(per_row)])
+    _close(_run(model, MultiTask("a", "b", None), task_ids=per_row), expected)
+    _close(_run(model, None, adapter_names=per_row), expected)
+
+    _close(_run(model, Average("a", "a")), a)
+    _close(_run(model, Average("a", "b", weights=[1.0, 0.0])), a)
+    _close(_run(model, Split("a", "a", splits=[4, T - 4])), a)
+
+    if FAMILY[method] != "bottleneck":
+        with pytest.raises(ValueError, match=r"adapter '[ab]' \((lora)\) cannot run inside Fuse"):
+            model.set_active_adapters(Fuse("a", "b"))
