@@ -36,7 +36,7 @@ class Toy(SiteState):
         return Toy(torch.cat([s.v for s in states], dim))
 
     @classmethod
-    def weighted_sum(cls, states, weights):
+    def weighted_sum(cls, states, weights, start):
         return Toy(sum(w * s.v for w, s in zip(weights, states, strict=True)))
 
 

@@ -128,8 +128,10 @@ class ModelTarget:
         recomputes it during the backward pass; they also replicate the batch for `Parallel`.
         """
         self.remove_context_guards()
-        self._guard_handles.append(root.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
-        self._guard_handles.append(root.register_forward_hook(self._root_post_hook, always_call=True))
+        # the base model too: users call ``model.base_model(...)`` directly
+        for module in dict.fromkeys([root, self.base_model]):
+            self._guard_handles.append(module.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
+            self._guard_handles.append(module.register_forward_hook(self._root_post_hook, always_call=True))
         for idx, layer in enumerate(self.layers):
             hook = _LayerGuard(self, idx)
             self._guard_handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))

@@ -227,7 +227,10 @@ class BottleneckState(SiteState):
         )
 
     @classmethod
-    def weighted_sum(cls, states: Sequence[BottleneckState], weights: Sequence[float]) -> BottleneckState:
+    def weighted_sum(
+        cls, states: Sequence[BottleneckState], weights: Sequence[float], start: BottleneckState
+    ) -> BottleneckState:
+        """``sum_i w_i h_i`` of the adapters' whole outputs (residual included), as AdapterHub weights them."""
         hidden = sum(w * s.hidden for w, s in zip(weights, states, strict=True))
         return BottleneckState(hidden, states[0].r)  # type: ignore[arg-type]
 

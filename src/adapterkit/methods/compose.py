@@ -9,7 +9,7 @@ every method:
     BatchSplit / Parallel / MultiTask / row routing
                          child_i(s[rows_i]), results put back in row order
     Split(a, b)          child_i(s[:, tokens_i]), concatenated along the tokens
-    Average(a, b)        sum_i w_i child_i(s)
+    Average(a, b)        sum_i w_i child_i(s)  (LoRA: s + sum_i w_i (child_i(s) - s))
     Fuse(a, b)           the method's `fuse` (bottleneck adapters only)
 
 `Parallel` needs no work here beyond the row split: the model's layers already carry the batch
@@ -62,8 +62,9 @@ class SiteState(ABC):
 
     @classmethod
     @abstractmethod
-    def weighted_sum(cls: type[S], states: Sequence[S], weights: Sequence[float]) -> S:
-        """``sum_i weights[i] * states[i]`` (the outputs; inputs are shared)."""
+    def weighted_sum(cls: type[S], states: Sequence[S], weights: Sequence[float], start: S) -> S:
+        """The `Average` of ``states``, the children's results from the common input ``start``
+        (a method chooses what it weights: whole outputs, or updates relative to ``start``)."""
 
 
 class Composer(ABC, Generic[S]):
@@ -166,7 +167,7 @@ def _split(block: Split, state: S, composer: Composer[S]) -> S:
 
 def _average(block: Average, state: S, composer: Composer[S]) -> S:
     outputs = [compose(child, state, composer) for child in block]
-    return type(state).weighted_sum(outputs, block.weights)
+    return type(state).weighted_sum(outputs, block.weights, state)
 
 
 def _fuse(block: Fuse, state: S, composer: Composer[S]) -> S:

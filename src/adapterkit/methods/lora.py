@@ -232,8 +232,11 @@ class LoRAState(SiteState):
         return LoRAState(torch.cat([s.x for s in states], dim), torch.cat([s.y for s in states], dim))
 
     @classmethod
-    def weighted_sum(cls, states: Sequence[LoRAState], weights: Sequence[float]) -> LoRAState:
-        return LoRAState(states[0].x, sum(w * s.y for w, s in zip(weights, states, strict=True)))  # type: ignore[arg-type]
+    def weighted_sum(cls, states: Sequence[LoRAState], weights: Sequence[float], start: LoRAState) -> LoRAState:
+        """``y + sum_i w_i (y_i - y)``: the updates are weighted, the base output ``W x + b`` is kept
+        (the plain mean of the outputs when the weights sum to 1; AdapterHub weights the updates too)."""
+        y = start.y
+        return LoRAState(start.x, y + sum(w * (s.y - y) for w, s in zip(weights, states, strict=True)))  # type: ignore[arg-type]
 
 
 class _LoRAComposer(Composer[LoRAState]):
