@@ -4,6 +4,8 @@ below keeps the two equal)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -74,3 +76,23 @@ def test_blocks_equal_running_adapters_alone(arch, method):
     if FAMILY[method] != "bottleneck":
         with pytest.raises(ValueError, match=r"adapter '[ab]' \((lora)\) cannot run inside Fuse"):
             model.set_active_adapters(Fuse("a", "b"))
+
+
+def render_support() -> str:
+    """`SUPPORT` as the markdown table published in docs/composition.md."""
+    families = ["bottleneck", "LoRA", "(IA)^3"]
+    lines = ["| block | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
+    for block in BLOCKS:
+        cells = ["yes" if SUPPORT[block][f] is True else f"no ({SUPPORT[block][f]})" for f in families]
+        lines.append(f"| {block} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def test_docs_publish_this_matrix():
+    text = (Path(__file__).parents[2] / "docs" / "composition.md").read_text()
+    published = text.split("<!-- support matrix start -->\n")[1].split("\n<!-- support matrix end -->")[0]
+    assert published == render_support(), "run `python tests/model/test_composition_matrix.py` and paste its table"
+
+
+if __name__ == "__main__":
+    print(render_support())

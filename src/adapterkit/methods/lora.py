@@ -255,6 +255,10 @@ class _LoRAComposer(Composer[LoRAState]):
         ):
             return None
         y = state.y
+        if torch.is_grad_enabled() and not y.requires_grad:
+            # y may be a view of a tensor autograd does not track; writing updates that need gradients
+            # into it in place is not allowed, into a copy it is
+            y = y.clone()
         for i, lora in enumerate(loras):
             if lora is None:
                 continue
