@@ -30,7 +30,13 @@ from .configs import (
     SeqBnConfig,
 )
 from .context import AdapterSetup, ForwardContext
-from .heads import ClassificationHead, MultiLabelClassificationHead, PredictionHead, register_head_type
+from .heads import (
+    ClassificationHead,
+    MultiHeadOutput,
+    MultiLabelClassificationHead,
+    PredictionHead,
+    register_head_type,
+)
 from .integration import ArchitectureSpec, SubBlock, register_architecture
 from .methods import AdapterMethod, register_method
 from .model import AutoAdapterModel, ModelAdaptersConfig, ModelAdaptersMixin, init
@@ -68,6 +74,7 @@ __all__ = [
     "LoRAConfig",
     "ModelAdaptersConfig",
     "ModelAdaptersMixin",
+    "MultiHeadOutput",
     "MultiLabelClassificationHead",
     "MultiTask",
     "Parallel",

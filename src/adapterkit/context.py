@@ -43,6 +43,7 @@ class AdapterSetup:
         ignore_empty: bool = False,
     ):
         self.adapter_setup: AdapterCompositionBlock | None = parse_composition(adapter_setup)
+        self.head_setup_given = head_setup is not None  # else derived: models may refine it (e.g. Fuse heads)
         if head_setup is None and self.adapter_setup is not None:
             head_setup = head_setup_of(self.adapter_setup)
         self.head_setup = head_setup

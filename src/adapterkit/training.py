@@ -77,11 +77,12 @@ class AdapterTrainer(Trainer):
             _activate_and_check(self.model, None)
 
         unwrapped = self._adapter_model()
-        # a head with other label inputs (e.g. QA's start/end positions): use the head's names
-        if self.args.label_names is None and not self.label_names:
-            head = _active_head_module(unwrapped)
-            if head is not None:
-                self.label_names = list(head.get_label_names())
+        # label inputs of the active head(s) (e.g. QA's start/end positions; with Parallel, every
+        # channel's head), instead of transformers' guess from the forward signature
+        if self.args.label_names is None:
+            names = _active_label_names(unwrapped)
+            if names:
+                self.label_names = names
         self.add_callback(_AdapterTrainerCallback())
 
     # ---- model set-up --------------------------------------------------------------------------
@@ -283,10 +284,19 @@ def check_adapter_training(model: ModelAdaptersMixin) -> None:
 
 
 # ---- checkpoint contents -------------------------------------------------------------------------
-def _active_head_module(model: nn.Module | None) -> nn.Module | None:
+def _active_head_names(model: nn.Module | None) -> list[str]:
+    """The names in ``model.active_head`` (a name, a list, or a BatchSplit of names) that are heads."""
     heads = getattr(model, "heads", None)
-    name = getattr(model, "active_head", None)
-    return heads[name] if heads is not None and name is not None and name in heads else None
+    active = getattr(model, "active_head", None)
+    if heads is None or active is None:
+        return []
+    names = [active] if isinstance(active, str) else list(active)
+    return [n for n in names if isinstance(n, str) and n in heads]
+
+
+def _active_label_names(model: nn.Module | None) -> list[str]:
+    """The label inputs of the active head(s), in order, without repeats."""
+    return list(dict.fromkeys(k for n in _active_head_names(model) for k in model.heads[n].get_label_names()))
 
 
 def _all_adapter_parameters(model: ModelAdaptersMixin) -> Iterator[nn.Parameter]:
@@ -354,7 +364,10 @@ def load_adapter_checkpoint(model: ModelAdaptersMixin, checkpoint: str | os.Path
         io_logger.removeFilter(quiet)
         _restore_parameter_objects(model, before)
         model.set_active_adapters(setup, skip_layers=sorted(skip_layers) or None)
-        if active_head is not None and active_head in getattr(model, "heads", {}):
+        if active_head is not None and all(  # a name, a list or a BatchSplit of names (None: identity)
+            n is None or n in getattr(model, "heads", {})
+            for n in ([active_head] if isinstance(active_head, str) else list(active_head))
+        ):
             model.active_head = active_head
     extras_file = os.path.join(checkpoint, EXTRA_TRAINABLE_NAME)
     if os.path.isfile(extras_file):

@@ -5,6 +5,7 @@ from .causal_lm import CausalLMHead
 from .classification import ClassificationHead, MultiLabelClassificationHead
 from .masked_lm import BertStyleMaskedLMHead
 from .multiple_choice import MultipleChoiceHead
+from .outputs import MultiHeadOutput
 from .question_answering import QuestionAnsweringHead
 from .tagging import TaggingHead
 
@@ -45,6 +46,7 @@ __all__ = [
     "BertStyleMaskedLMHead",
     "CausalLMHead",
     "ClassificationHead",
+    "MultiHeadOutput",
     "MultiLabelClassificationHead",
     "MultipleChoiceHead",
     "PredictionHead",

@@ -13,12 +13,14 @@ import os
 from typing import Any
 
 from torch import nn
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from ..composition import AdapterSetupSpec, parse_composition
+from ..context import ForwardContext
 from ..integration.architectures import get_architecture
-from .heads_mixin import FlexibleHeadsMixin
+from .generation import GenerationAdaptersMixin
+from .heads_mixin import FlexibleHeadsMixin, HeadSetup
 from .mixin import ModelAdaptersMixin
 
 
@@ -47,58 +49,83 @@ class AdapterModel(FlexibleHeadsMixin, ModelAdaptersMixin):
         labels: Any = None,
         start_positions: Any = None,
         end_positions: Any = None,
-        head: str | None = None,
+        head: HeadSetup = None,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Run the base model with the active adapters, then the chosen head.
+        """Run the base model with the active adapters, then the chosen head(s).
 
         Args:
             input_ids, attention_mask, **kwargs: the base model's inputs; head inputs such as
-                ``labels`` or ``start_positions`` go to the head.
-            head: the head to use (default: `AdapterSetup`'s head, then `active_head`).
+                ``labels`` or ``start_positions`` go to the head(s) (each head gets them whole: with
+                `Parallel`, labels of the original batch size serve every channel).
+            head: the head to use: a name, a list of names (one per `Parallel` channel), or a
+                `BatchSplit` of names (default: `AdapterSetup`'s head, then `active_head`).
             return_dict: return a ``ModelOutput`` (default) or a tuple.
 
         Returns:
-            The head's output, or the base model's output when no head is chosen.
+            The head's output; a `MultiHeadOutput` when several heads run (a `Parallel` setup, a
+            top-level `BatchSplit`, a list of heads, or per-row routing over several heads); the
+            base model's output when no head is chosen.
+
+        Raises:
+            ValueError: for an unknown head, a head list that does not match the `Parallel`
+                channels, or missing channel heads (before the base model runs); heads that need
+                different model inputs (e.g. multiple choice with classification).
         """
         return_dict = True if return_dict is None else return_dict
         # named so the Trainer keeps these dataset columns; only the given ones reach the models
         named = {"token_type_ids": token_type_ids, "position_ids": position_ids, "inputs_embeds": inputs_embeds,
                  "labels": labels, "start_positions": start_positions, "end_positions": end_positions}
         kwargs.update({k: v for k, v in named.items() if v is not None})
-        head_name = self._resolve_head(head)
-        head_module = self.heads[head_name] if head_name in self.heads else None
-        if head_name is not None and head_module is None:
-            raise ValueError(f"no head named {head_name!r}; this model has {sorted(self.heads)}")
-        head_inputs: dict[str, Any] = {}
-        if head_module is not None:
-            for key in head_module.get_label_names():
-                if key in kwargs:
-                    head_inputs[key] = kwargs.pop(key)
-            inputs = head_module.prepare_inputs(
-                {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
-            )
-        else:
-            kwargs.pop("labels", None)
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
-        outputs = self.base_model(**inputs, return_dict=True)
-        if head_module is None:
+        plan = self._head_plan(head, ForwardContext.get_context())
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if plan is None:
+            for key in ("labels", "start_positions", "end_positions"):
+                kwargs.pop(key, None)
+            outputs = self.base_model(**inputs, **kwargs, return_dict=True)
             return outputs if return_dict else outputs.to_tuple()
-        return head_module(
-            outputs,
-            attention_mask=inputs.get("attention_mask"),
-            input_ids=inputs.get("input_ids"),
-            return_dict=return_dict,
-            **head_inputs,
-        )
+        modules = [self.heads[name] for name in plan.heads]
+        label_names = [key for m in modules for key in m.get_label_names()]
+        labels_given = {key: kwargs.pop(key) for key in dict.fromkeys(label_names) if key in kwargs}
+        inputs = _prepare_inputs(modules, {**inputs, **kwargs})
+        outputs = self.base_model(**inputs, return_dict=True)
+        common = {"attention_mask": inputs.get("attention_mask"), "input_ids": inputs.get("input_ids")}
+        head_inputs = [
+            {**common, **{k: labels_given[k] for k in m.get_label_names() if k in labels_given}} for m in modules
+        ]
+        if plan.kind == "single":
+            return modules[0](outputs, return_dict=return_dict, **head_inputs[0])
+        return self._run_heads(plan, outputs, head_inputs, return_dict)
 
     def train_adapter(self, adapter_setup: AdapterSetupSpec, train_embeddings: bool = False) -> None:
-        """Train only the adapters of ``adapter_setup`` and their head (the head named like the
-        setup's adapters, else the active head); everything else is frozen."""
+        """Train only the adapters of ``adapter_setup`` and their heads; everything else is frozen.
+
+        Trainable heads: those named like the setup's adapters and the heads its forward runs (one
+        per `Parallel` channel or `BatchSplit` split, see `active_head`), else the active head.
+        """
         super().train_adapter(adapter_setup, train_embeddings=train_embeddings)
         setup = parse_composition(adapter_setup)
-        self._trainable_heads(setup.flatten() if setup is not None else frozenset())
+        names = set(setup.flatten()) if setup is not None else set()
+        self._trainable_heads(frozenset(names | self._implied_heads(setup)))
+
+
+def _prepare_inputs(heads: list[Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    """The base model's inputs as the heads need them (e.g. multiple choice flattens its inputs).
+
+    Raises:
+        ValueError: if the heads prepare inputs differently and so cannot share one forward.
+    """
+    kinds = {type(h).prepare_inputs for h in heads}
+    if len(kinds) > 1:
+        described = sorted({f"{h.name!r} ({h.config.get('head_type')})" for h in heads})
+        raise ValueError(
+            f"heads {', '.join(described)} need differently shaped model inputs and cannot run in one forward"
+        )
+    prepared = inputs
+    for h in heads:  # every head records what it needs (e.g. the number of choices)
+        prepared = h.prepare_inputs(inputs)
+    return prepared
 
 
 _CLASSES: dict[type[PreTrainedModel], type[PreTrainedModel]] = {}
@@ -117,8 +144,12 @@ def adapter_model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
     if base_class not in _CLASSES:
         pretrained = next(c for c in base_class.__mro__[1:] if issubclass(c, PreTrainedModel))
         name = base_class.__name__.removesuffix("Model") + "AdapterModel"
+        # every adapter model can generate through a causal_lm head (AdapterHub's classes inherit
+        # GenerationMixin too); GenerationAdaptersMixin comes first so its generate() wraps transformers'
         _CLASSES[base_class] = type(
-            name, (AdapterModel, pretrained), {"_base_class": base_class, "__module__": __name__}
+            name,
+            (AdapterModel, GenerationAdaptersMixin, pretrained, GenerationMixin),
+            {"_base_class": base_class, "__module__": __name__},
         )
     return _CLASSES[base_class]
 

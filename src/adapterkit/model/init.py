@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 
 from ..integration.architectures import ArchitectureSpec
+from .generation import GenerationAdaptersMixin
 from .mixin import ModelAdaptersMixin
 
 _CLASSES: dict[type, type] = {}
@@ -31,9 +32,13 @@ def init(model: PreTrainedModel, architecture: ArchitectureSpec | None = None) -
         return model
     cls = type(model)
     if cls not in _CLASSES:
+        # models that generate get adapter-aware generate() (per-row routing, Parallel)
+        mixins = (ModelAdaptersMixin, GenerationAdaptersMixin) if issubclass(cls, GenerationMixin) else (
+            ModelAdaptersMixin,
+        )
         _CLASSES[cls] = type(
             cls.__name__,
-            (ModelAdaptersMixin, cls),
+            (*mixins, cls),
             {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
         )
     model.__class__ = _CLASSES[cls]
