@@ -20,14 +20,18 @@ from .composition import (
 )
 from .configs import (
     ADAPTER_CONFIG_MAP,
+    ADAPTERFUSION_CONFIG_MAP,
     DEFAULT_ADAPTER_CONFIG,
     AdapterConfig,
+    AdapterFusionConfig,
     BnConfig,
     DoubleSeqBnConfig,
+    DynamicAdapterFusionConfig,
     IA3Config,
     LoRAConfig,
     ParBnConfig,
     SeqBnConfig,
+    StaticAdapterFusionConfig,
 )
 from .context import AdapterSetup, ForwardContext
 from .heads import (
@@ -54,10 +58,12 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ADAPTERFUSION_CONFIG_MAP",
     "ADAPTER_CONFIG_MAP",
     "DEFAULT_ADAPTER_CONFIG",
     "AdapterCompositionBlock",
     "AdapterConfig",
+    "AdapterFusionConfig",
     "AdapterMethod",
     "AdapterSetup",
     "AdapterTrainer",
@@ -68,6 +74,7 @@ __all__ = [
     "BnConfig",
     "ClassificationHead",
     "DoubleSeqBnConfig",
+    "DynamicAdapterFusionConfig",
     "ForwardContext",
     "Fuse",
     "IA3Config",
@@ -81,6 +88,7 @@ __all__ = [
     "ParBnConfig",
     "PredictionHead",
     "SeqBnConfig",
+    "StaticAdapterFusionConfig",
     "Split",
     "Stack",
     "SubBlock",

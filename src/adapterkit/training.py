@@ -8,10 +8,17 @@ Differences from `transformers.Trainer`:
 - checkpoints hold only the adapters (one AdapterHub-format sub-folder each, with the head of the
   same name), the other heads, and any other trainable parameter (see `EXTRA_TRAINABLE_NAME`) —
   never the full model weights;
-- resuming and ``load_best_model_at_end`` reload those folders into the model in place.
+- resuming and ``load_best_model_at_end`` reload those folders into the model in place;
+- AdapterFusion training (a ``Fuse`` of the active setup has trainable layers, see
+  ``model.train_adapter_fusion``): the value regularization ``model.get_fusion_regularization_loss()``
+  is added to the training loss in ``compute_loss``, so it is part of the backward pass of the same
+  step (AdapterHub back-propagates it in ``on_step_end``, after the optimizer step, so its gradient
+  lands in the next step); fusion value matrices get no weight decay (they are pulled towards the
+  identity instead); checkpoints also hold one sub-folder per trained fusion.
 
 Written against transformers 5.23's `Trainer` (``_save``, ``_load_from_checkpoint``,
-``_load_best_model``, ``create_optimizer``, ``call_model_init``, ``_set_signature_columns_if_needed``).
+``_load_best_model``, ``create_optimizer``, ``call_model_init``, ``_set_signature_columns_if_needed``,
+``compute_loss``, ``get_decay_parameter_names``).
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from .io import CONFIG_NAME, HEAD_CONFIG_NAME
+from .composition import AdapterCompositionBlock, Fuse
+from .io import CONFIG_NAME, FUSION_CONFIG_NAME, HEAD_CONFIG_NAME
 from .io.adapter_io import load_head, save_head
+from .methods.fusion import fusion_value_parameters, iter_fusion_layers
 from .model.mixin import ModelAdaptersMixin
 
 logger = logging.getLogger(__name__)
@@ -146,6 +155,54 @@ class AdapterTrainer(Trainer):
             check_adapter_training(adapter_model)
         return super().create_optimizer(model)
 
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """transformers' weight-decay parameter names, without AdapterFusion value matrices.
+
+        The fusion regularization pulls value matrices towards the identity; weight decay would pull
+        them towards zero (AdapterHub means to exclude them too, but its pattern never matches).
+        """
+        names = super().get_decay_parameter_names(model)
+        values = {id(p) for p in fusion_value_parameters(model)}
+        excluded = {n for n, p in model.named_parameters() if id(p) in values}
+        return [n for n in names if n not in excluded]
+
+    # ---- loss ----------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """transformers' loss, plus the AdapterFusion value regularization when training a fusion.
+
+        The regularization (``model.get_fusion_regularization_loss()``) is added in training mode
+        only, when a ``Fuse`` of the active setup has trainable layers, and scaled so that each
+        optimizer step counts it once under gradient accumulation. The logged training loss includes it.
+        """
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        adapter_model = self._adapter_model(model)
+        if not model.training or adapter_model is None or not trains_fusion(adapter_model):
+            return result
+        reg = adapter_model.get_fusion_regularization_loss()
+        if reg is None:
+            return result
+        if self._loss_scaled_for_accumulation(num_items_in_batch):
+            reg = reg / self.current_gradient_accumulation_steps  # the Trainer will not divide this loss
+        if return_outputs:
+            loss, outputs = result
+            return loss + reg.to(loss.dtype), outputs
+        return result + reg.to(result.dtype)
+
+    def _loss_scaled_for_accumulation(self, num_items_in_batch: torch.Tensor | int | None) -> bool:
+        """Whether ``training_step`` will leave the loss undivided by the accumulation steps (its own rule)."""
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is not None:
+            return bool(scaled)
+        return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+                    or self.compute_loss_func is not None)
+
     # ---- saving --------------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Write the adapters, heads and other trainable parameters — not the full model.
@@ -167,6 +224,8 @@ class AdapterTrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         logger.info("Saving adapters to %s", output_dir)
         model.save_all_adapters(output_dir)
+        for name in _trained_fusions(model):
+            model.save_adapter_fusion(os.path.join(output_dir, name), name)
         for name in getattr(model, "heads", {}):
             if name not in model.adapters_config:
                 save_head(model, os.path.join(output_dir, name), name)
@@ -265,12 +324,16 @@ def check_adapter_training(model: ModelAdaptersMixin) -> None:
             + _USE_TRAINER
         )
     active = sorted(setup.flatten())
-    if not any(p.requires_grad for name in active for p in model._adapter_parameters(name)):
+    if not trains_fusion(model) and not any(
+        p.requires_grad for name in active for p in model._adapter_parameters(name)
+    ):
         raise ValueError(
             f"no parameter of the active adapters {active} is trainable: call "
-            f"model.train_adapter({active[0]!r}) before training. {_USE_TRAINER}"
+            f"model.train_adapter({active[0]!r}) (or model.train_adapter_fusion(...) for a Fuse) before "
+            f"training. {_USE_TRAINER}"
         )
     adapter_ids = {id(p) for p in _all_adapter_parameters(model)}
+    adapter_ids |= {id(p) for layer in iter_fusion_layers(model.base_model) for p in layer.parameters()}
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     allowed = adapter_ids | {id(p) for p in (embeddings.parameters() if embeddings is not None else ())}
     trainable_base = [n for n, p in model.base_model.named_parameters()
@@ -304,9 +367,31 @@ def _all_adapter_parameters(model: ModelAdaptersMixin) -> Iterator[nn.Parameter]
         yield from model._adapter_parameters(name)
 
 
+def trains_fusion(model: ModelAdaptersMixin) -> bool:
+    """Whether a ``Fuse`` block of the active setup has a trainable fusion layer (AdapterFusion training)."""
+    setup = model.adapters_config.active_setup
+    if setup is None:
+        return False
+    return any(p.requires_grad for name in _fuse_names(setup) for p in model._fusion_parameters(name))
+
+
+def _fuse_names(block: AdapterCompositionBlock) -> list[str]:
+    names = [block.name] if isinstance(block, Fuse) else []
+    for child in block:
+        if isinstance(child, AdapterCompositionBlock):
+            names += _fuse_names(child)
+    return names
+
+
+def _trained_fusions(model: ModelAdaptersMixin) -> list[str]:
+    """The fusions with a trainable parameter (the ones a checkpoint must hold)."""
+    return [n for n in model.adapters_config.fusions if any(p.requires_grad for p in model._fusion_parameters(n))]
+
+
 def _extra_trainable(model: ModelAdaptersMixin) -> dict[str, torch.Tensor]:
-    """Trainable parameters that neither the adapter folders nor the head folders hold."""
+    """Trainable parameters that neither the adapter, fusion nor head folders hold."""
     saved = {id(p) for p in _all_adapter_parameters(model)}
+    saved |= {id(p) for layer in iter_fusion_layers(model.base_model) for p in layer.parameters()}
     heads = getattr(model, "heads", None)
     if heads is not None:
         saved |= {id(p) for p in heads.parameters()}
@@ -317,8 +402,9 @@ def load_adapter_checkpoint(model: ModelAdaptersMixin, checkpoint: str | os.Path
     """Load what `AdapterTrainer` saved in ``checkpoint`` into ``model``, keeping its training state.
 
     Every sub-folder with ``adapter_config.json`` is loaded as the adapter named like the folder
-    (with its head); every other sub-folder with ``head_config.json`` as the head named like the
-    folder; `EXTRA_TRAINABLE_NAME`, if present, into the parameters it names. Adapters the model
+    (with its head); every sub-folder with ``adapter_fusion_config.json`` as the AdapterFusion it
+    names; every other sub-folder with ``head_config.json`` as the head named like the folder;
+    `EXTRA_TRAINABLE_NAME`, if present, into the parameters it names. Adapters the model
     already has are reloaded in the model's order. Afterwards each parameter that existed before is
     the same `torch.nn.Parameter` object again, now holding the checkpoint's values, so its
     ``requires_grad``, its device and an existing optimizer's references stay valid; parameters
@@ -336,6 +422,7 @@ def load_adapter_checkpoint(model: ModelAdaptersMixin, checkpoint: str | os.Path
     checkpoint = os.fspath(checkpoint)
     subdirs = sorted(d for d in os.listdir(checkpoint) if os.path.isdir(os.path.join(checkpoint, d)))
     adapter_dirs = [d for d in subdirs if os.path.isfile(os.path.join(checkpoint, d, CONFIG_NAME))]
+    fusion_dirs = [d for d in subdirs if os.path.isfile(os.path.join(checkpoint, d, FUSION_CONFIG_NAME))]
     head_dirs = [d for d in subdirs if d not in adapter_dirs
                  and os.path.isfile(os.path.join(checkpoint, d, HEAD_CONFIG_NAME))]
     if not adapter_dirs:
@@ -354,6 +441,8 @@ def load_adapter_checkpoint(model: ModelAdaptersMixin, checkpoint: str | os.Path
     try:
         for name in order:
             model.load_adapter(os.path.join(checkpoint, name), load_as=name)
+        for name in fusion_dirs:
+            model.load_adapter_fusion(os.path.join(checkpoint, name), with_head=False)
         for name in head_dirs:
             path = os.path.join(checkpoint, name)
             if getattr(model, "heads", None) is None:

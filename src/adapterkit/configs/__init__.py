@@ -2,6 +2,13 @@
 
 from .base import AdapterConfig
 from .bottleneck import BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
+from .fusion import (
+    ADAPTERFUSION_CONFIG_MAP,
+    DEFAULT_ADAPTERFUSION_CONFIG,
+    AdapterFusionConfig,
+    DynamicAdapterFusionConfig,
+    StaticAdapterFusionConfig,
+)
 from .lora import IA3Config, LoRAConfig
 from .registry import (
     ADAPTER_CONFIG_MAP,
@@ -13,15 +20,20 @@ from .registry import (
 )
 
 __all__ = [
+    "ADAPTERFUSION_CONFIG_MAP",
     "ADAPTER_CONFIG_MAP",
+    "DEFAULT_ADAPTERFUSION_CONFIG",
     "DEFAULT_ADAPTER_CONFIG",
     "AdapterConfig",
+    "AdapterFusionConfig",
     "BnConfig",
     "DoubleSeqBnConfig",
+    "DynamicAdapterFusionConfig",
     "IA3Config",
     "LoRAConfig",
     "ParBnConfig",
     "SeqBnConfig",
+    "StaticAdapterFusionConfig",
     "config_class_for",
     "config_hash",
     "parse_config_string",

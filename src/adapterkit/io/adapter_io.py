@@ -270,7 +270,10 @@ def load_adapter(
     head_data = _read_head(path) if with_head else None
     flexible = getattr(model, "heads", None) is not None
 
+    from .fusion_io import restore_fusions, snapshot_fusions_using  # here: fusion_io imports this module
+
     previous = _snapshot_adapter(model, name)
+    fusions = snapshot_fusions_using(model, name)  # reloading an adapter keeps the fusions that fuse it
     try:
         if name in model.adapters_config:
             logger.warning("overwriting existing adapter %r", name)
@@ -303,7 +306,9 @@ def load_adapter(
         if name in model.adapters_config:
             model.delete_adapter(name)
         _restore_adapter(model, previous)
+        restore_fusions(model, fusions)
         raise
+    restore_fusions(model, fusions)
     if loading_info is not None:
         loading_info["missing_keys"] = []
         loading_info["unexpected_keys"] = unexpected

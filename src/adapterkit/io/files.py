@@ -19,6 +19,9 @@ SAFE_WEIGHTS_NAME = "adapter.safetensors"
 HEAD_CONFIG_NAME = "head_config.json"
 HEAD_WEIGHTS_NAME = "pytorch_model_head.bin"
 HEAD_SAFE_WEIGHTS_NAME = "model_head.safetensors"
+FUSION_CONFIG_NAME = "adapter_fusion_config.json"
+FUSION_WEIGHTS_NAME = "pytorch_model_adapter_fusion.bin"
+FUSION_SAFE_WEIGHTS_NAME = "model_adapter_fusion.safetensors"
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:

@@ -9,8 +9,10 @@ from .base import (
     register_method,
     registered_methods,
 )
+from .fusion import AdapterFusionLayer
 
 __all__ = [
+    "AdapterFusionLayer",
     "AdapterMethod",
     "LayerModules",
     "active_in_order",

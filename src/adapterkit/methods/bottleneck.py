@@ -17,11 +17,12 @@ add and layer norm finish the computation. No model code is copied.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +38,9 @@ from .compose import Composer, SiteState, run_setup
 
 LOCATIONS = {"mh_adapter": "attention", "output_adapter": "ffn"}
 _HANDLES = "_adapterkit_bottleneck_hooks"
+FUSION_ATTRIBUTE = "adapter_fusion_layer"
+"""Attribute of a bottleneck host holding its AdapterFusion layers (see `methods.fusion`); state-dict
+keys contain ``.adapter_fusion_layer.<fusion name>.``."""
 
 
 class Activation(nn.Module):
@@ -247,21 +251,35 @@ class _BottleneckComposer(Composer[BottleneckState]):
     def fuse(self, block: Fuse, state: BottleneckState, run: Callable) -> BottleneckState:
         """AdapterFusion: attention of a query over the fused children's up outputs (+ residual).
 
-        The query and residual come from the last fused adapter's input step, as in AdapterHub.
+        The query and residual come from the last fused adapter's input step, as in AdapterHub. A site
+        without the fusion layer (one of the fused adapters is left out here) leaves the state as it is.
+        With ``output_adapter_fusion_attentions``, the attention probabilities are collected as numpy
+        arrays ``[batch, tokens, n_adapters]`` under ``{fusion: {layer: {location: array}}}``; a fusion
+        that runs on several row groups at one site (inside Parallel, BatchSplit, ...) gets its rows
+        concatenated in the order they ran.
         """
-        fusion = self.site.host.adapter_fusion_layer[block.name]
+        fusions = getattr(self.site.host, FUSION_ATTRIBUTE, None)
+        fusion = fusions[block.name] if fusions is not None and block.name in fusions else None
+        if fusion is None or not all(name in self.present for name in fusion.adapter_names):
+            return state
         last = self.site.host.adapters[block.last()]
-        query, residual = last.fusion_inputs(
-            state.hidden, state.r, self.site.layer_norm, bool(fusion.config["query_before_ln"])
-        )
+        query, residual = last.fusion_inputs(state.hidden, state.r, self.site.layer_norm, fusion.config.query_before_ln)
         ups = [run(child, state).up for child in block]
-        ctx = ForwardContext.get_context()
-        want_attn = ctx is not None and ctx.options.get("output_adapter_fusion_attentions", False)
         hidden, attention = fusion(query, torch.stack(ups, dim=2), residual)
-        if want_attn:
-            per_fusion = ctx.outputs.setdefault("adapter_fusion_attentions", {}).setdefault(block.name, {})  # type: ignore[union-attr]
-            per_fusion.setdefault(self.site.layer_idx, {})[self.site.location] = attention.detach()
+        ctx = ForwardContext.get_context()
+        if ctx is not None and ctx.options.get("output_adapter_fusion_attentions", False):
+            self._store_attention(ctx, block.name, attention)
         return BottleneckState(hidden, state.r, None)
+
+    def _store_attention(self, ctx: ForwardContext, fusion_name: str, attention: torch.Tensor) -> None:
+        attention = attention.detach()
+        if attention.dtype in (torch.bfloat16, torch.float16):
+            attention = attention.float()
+        array = attention.cpu().numpy()
+        per_layer = ctx.outputs.setdefault("adapter_fusion_attentions", {}).setdefault(fusion_name, {})
+        per_location = per_layer.setdefault(self.site.layer_idx, {})
+        previous = per_location.get(self.site.location)
+        per_location[self.site.location] = array if previous is None else np.concatenate([previous, array], axis=0)
 
 
 def _run_composed(site: _Site, h: torch.Tensor, r: torch.Tensor, summed: torch.Tensor | None) -> torch.Tensor:
@@ -409,9 +427,14 @@ class BottleneckMethod(AdapterMethod):
         object.__setattr__(host, _HANDLES, handles)
 
     def delete(self, target: ModelTarget, adapter_name: str) -> None:
+        """Remove ``adapter_name`` everywhere, with the AdapterFusion layers that fuse it."""
         for host in self._hosts(target):
             if adapter_name in host.adapters:
                 del host.adapters[adapter_name]
+            fusions = getattr(host, FUSION_ATTRIBUTE, None)
+            if fusions is not None:
+                for fusion_name in [n for n, f in fusions.items() if adapter_name in f.adapter_names]:
+                    del fusions[fusion_name]
             if len(host.adapters) == 0:
                 for handle in getattr(host, _HANDLES, []):
                     handle.remove()
@@ -434,6 +457,15 @@ class BottleneckMethod(AdapterMethod):
                 if host is not None and hasattr(host, "adapters"):
                     hosts.append(host)
         return hosts
+
+
+def bottleneck_sites(target: ModelTarget) -> Iterator[tuple[int, str, nn.Module]]:
+    """(layer index, location key, host) of every bottleneck location whose host has an ``adapters`` dict."""
+    for idx, layer in enumerate(target.layers):
+        for location, block_name in LOCATIONS.items():
+            host = _find_host(layer, getattr(target.spec, block_name).adapter_host)
+            if host is not None and hasattr(host, "adapters"):
+                yield idx, location, host
 
 
 def _find_host(layer: nn.Module, path: str) -> nn.Module | None:

@@ -15,18 +15,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..composition import AdapterCompositionBlock, AdapterSetupSpec, parse_composition
+from ..composition import AdapterCompositionBlock, AdapterSetupSpec, Fuse, parse_composition
 from ..configs import DEFAULT_ADAPTER_CONFIG, AdapterConfig
 from ..context import checkpoint_context_fn
 from ..integration.architectures import ArchitectureSpec
 from ..integration.target import ModelTarget
 from ..methods import AdapterMethod, LayerModules, method_for, registered_methods
 from .adapters_config import ModelAdaptersConfig
+from .fusion_mixin import FusionMixin
 
 logger = logging.getLogger(__name__)
 
 
-class ModelAdaptersMixin:
+class ModelAdaptersMixin(FusionMixin):
     """Adapter management for a transformers model (AdapterHub's API names and semantics).
 
     The class it is mixed into must be a `PreTrainedModel`; `_init_adapters` must run once.
@@ -48,6 +49,7 @@ class ModelAdaptersMixin:
         if isinstance(saved, Mapping):
             for name, config in ModelAdaptersConfig.configs_from_dict(saved).items():
                 self.add_adapter(name, config)
+        self._init_fusions()
 
     def _stored_setup(self) -> tuple[AdapterCompositionBlock | None, frozenset[int]]:
         return self.adapters_config.active_setup, self.adapters_config.skip_layers
@@ -152,6 +154,8 @@ class ModelAdaptersMixin:
                 self._validate_block(child, enclosing)
             elif child is not None:
                 self._validate_adapter_in(child, enclosing)
+        if isinstance(block, Fuse):  # after the children: an adapter that cannot be fused says so first
+            self._validate_fuse(block)
 
     def _validate_adapter_in(self, name: str, enclosing: tuple[AdapterCompositionBlock, ...]) -> None:
         config = self.adapters_config.get(name)
