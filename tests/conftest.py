@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tiny import tiny_model
+
+# tiny models gain nothing from intra-op threads, and on a busy 2-core machine spinning threads make
+# every small forward many times slower
+torch.set_num_threads(1)
 
 
 @pytest.fixture

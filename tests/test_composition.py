@@ -110,6 +110,7 @@ def test_fuse_name_and_heads_implied_by_a_setup():
     assert Fuse("a", Stack("x", "b")).name == "a,b"
     assert Fuse("a", "b", name="f").name == "f"
     assert Fuse("a", "b", name="f") != Fuse("a", "b")
+    assert Fuse("a", "b", name="a,b") == Fuse("a", "b")
     assert head_setup_of(Stack("lang", "task")) == "task"
     assert head_setup_of(Parallel("a", Stack("l", "b"), None)) == ["a", "b", None]
     assert head_setup_of(Stack("lang", Parallel("a", "b"))) == ["a", "b"]

@@ -147,7 +147,8 @@ class Fuse(AdapterCompositionBlock):
 
     def __init__(self, *children: str | AdapterCompositionBlock, name: str | None = None) -> None:
         super().__init__(*children)
-        self._name = name
+        default = ",".join(c if isinstance(c, str) else str(c.last()) for c in self.children)
+        self._name = name if name != default else None  # the default name is not a custom one
 
     @property
     def name(self) -> str:
