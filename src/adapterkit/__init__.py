@@ -30,6 +30,7 @@ from .configs import (
     IA3Config,
     LoRAConfig,
     ParBnConfig,
+    PrefixTuningConfig,
     SeqBnConfig,
     StaticAdapterFusionConfig,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "Parallel",
     "ParBnConfig",
     "PredictionHead",
+    "PrefixTuningConfig",
     "SeqBnConfig",
     "StaticAdapterFusionConfig",
     "Split",

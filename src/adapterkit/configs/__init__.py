@@ -10,6 +10,7 @@ from .fusion import (
     StaticAdapterFusionConfig,
 )
 from .lora import IA3Config, LoRAConfig
+from .prefix_tuning import PrefixTuningConfig
 from .registry import (
     ADAPTER_CONFIG_MAP,
     DEFAULT_ADAPTER_CONFIG,
@@ -32,6 +33,7 @@ __all__ = [
     "IA3Config",
     "LoRAConfig",
     "ParBnConfig",
+    "PrefixTuningConfig",
     "SeqBnConfig",
     "StaticAdapterFusionConfig",
     "config_class_for",

@@ -12,6 +12,7 @@ from typing import Any
 from .base import AdapterConfig
 from .bottleneck import BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
 from .lora import IA3Config, LoRAConfig
+from .prefix_tuning import PrefixTuningConfig
 
 ADAPTER_CONFIG_MAP: dict[str, Callable[[], AdapterConfig]] = {
     "seq_bn": SeqBnConfig,
@@ -24,6 +25,8 @@ ADAPTER_CONFIG_MAP: dict[str, Callable[[], AdapterConfig]] = {
     "scaled_parallel": lambda: ParBnConfig(scaling="learned"),
     "lora": LoRAConfig,
     "ia3": IA3Config,
+    "prefix_tuning": PrefixTuningConfig,
+    "prefix_tuning_flat": lambda: PrefixTuningConfig(flat=True),
 }
 """Alias -> factory of the config it names (AdapterHub's names; deprecated ones kept for loading)."""
 
@@ -33,7 +36,11 @@ DEPRECATED_ALIASES = frozenset({"pfeiffer", "houlsby", "parallel", "scaled_paral
 """Old names still accepted when loading; never written."""
 
 # "architecture" value in a saved dict -> config class
-_ARCHITECTURE_CLASSES: dict[str | None, type[AdapterConfig]] = {None: BnConfig, "lora": LoRAConfig}
+_ARCHITECTURE_CLASSES: dict[str | None, type[AdapterConfig]] = {
+    None: BnConfig,
+    "lora": LoRAConfig,
+    "prefix_tuning": PrefixTuningConfig,
+}
 
 _CONFIG_STRING = re.compile(r"^(?P<name>[^\[\]|\n]+)(?:\[(?P<kvs>.*)\])?$")
 

@@ -49,6 +49,8 @@ class ArchitectureSpec:
         embeddings: path from the base model to the input embedding module.
         hidden_size_attr: config attribute holding the hidden size.
         decoder_only: a causal decoder; sequence-level heads read the last real token, not the first.
+        prefix_location: key of the self-attention prefix in prefix tuning's state-dict names
+            (AdapterHub's location key: ``"self_prefix"``, DistilBERT ``"self"``).
     """
 
     model_type: str
@@ -62,6 +64,14 @@ class ArchitectureSpec:
     fused_qkv: str | None = None
     hidden_size_attr: str = "hidden_size"
     decoder_only: bool = False
+    prefix_location: str = "self_prefix"
+
+    @property
+    def attention_module(self) -> str:
+        """Path of the self-attention module, the one transformers passes to its attention function:
+        the parent of the q projection (or of the fused q/k/v projection)."""
+        projection = self.fused_qkv or self.attn_projections["q"]
+        return projection.rpartition(".")[0]
 
     def __post_init__(self) -> None:
         if bool(self.attn_projections) == bool(self.fused_qkv):
@@ -150,6 +160,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         ffn_output="ffn.lin2",
         embeddings="embeddings",
         hidden_size_attr="dim",
+        prefix_location="self",
     ),
     "gpt2": ArchitectureSpec(
         model_type="gpt2",

@@ -60,9 +60,10 @@ def _metadata(model: nn.Module, name: str | None) -> dict[str, Any]:
     }
 
 
-def _keys_with(state: Iterable[str], attribute: str, name: str) -> list[str]:
-    """State-dict keys that belong to ``<attribute>.<name>`` (e.g. ``loras.sst-2``)."""
-    return [k for k in state if _segment_index(k.split("."), attribute, name) is not None]
+def _keys_with(state: Iterable[str], attribute: str | tuple[str, ...], name: str) -> list[str]:
+    """State-dict keys that belong to ``<attribute>.<name>`` (e.g. ``loras.sst-2``), for one attribute or several."""
+    attributes = (attribute,) if isinstance(attribute, str) else attribute
+    return [k for k in state if any(_segment_index(k.split("."), a, name) is not None for a in attributes)]
 
 
 def _segment_index(parts: list[str], attribute: str, name: str) -> int | None:
@@ -90,7 +91,7 @@ def save_adapter(
         raise ValueError(f"no adapter named {adapter_name!r}; this model has {sorted(model.adapters_config)}")
     directory = Path(save_directory)
     state = model.state_dict()
-    keys = _keys_with(state, method_for(config).module_attribute, adapter_name)
+    keys = _keys_with(state, method_for(config).module_attributes, adapter_name)
     write_weights(directory, {k: state[k] for k in keys}, SAFE_WEIGHTS_NAME, WEIGHTS_NAME, use_safetensors)
     meta = {**_metadata(model, adapter_name), "config": config.to_dict()}
     meta.update({k: v for k, v in (meta_dict or {}).items() if k not in meta})
@@ -191,21 +192,25 @@ def _check_compatible(model: nn.Module, meta: dict[str, Any], path: Path) -> Non
 
 
 def _match_keys(
-    weights: dict[str, torch.Tensor], targets: set[str], prefix: str, rename: tuple[str, str, str] | None
+    weights: dict[str, torch.Tensor],
+    targets: set[str],
+    prefix: str,
+    rename: tuple[str | tuple[str, ...], str, str] | None,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Map saved keys to this model's keys. Returns (matched weights by our key, unexpected saved keys).
 
     Args:
-        rename: (attribute, saved name, new name) for ``load_as``.
+        rename: (attribute or attributes, saved name, new name) for ``load_as``.
     """
     matched: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for key, tensor in weights.items():
         parts = [_LEGACY_SEGMENTS.get(p, p) for p in key.split(".")]
         if rename is not None:
-            idx = _segment_index(parts, rename[0], rename[1])
-            if idx is not None:
-                parts[idx] = rename[2]
+            for attribute in (rename[0],) if isinstance(rename[0], str) else rename[0]:
+                idx = _segment_index(parts, attribute, rename[1])
+                if idx is not None:
+                    parts[idx] = rename[2]
         ours = ".".join(parts)
         candidates = [ours, f"{prefix}.{ours}" if prefix else ours]
         if prefix and ours.startswith(prefix + "."):
@@ -267,6 +272,8 @@ def load_adapter(
     saved_name = meta.get("name") or path.name
     name = load_as or saved_name
     weights = read_weights(path, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
+    method = method_for(config)
+    weights = {k: v for k, v in weights.items() if not method.is_redundant_saved_key(k)}
     head_data = _read_head(path) if with_head else None
     flexible = getattr(model, "heads", None) is not None
 
@@ -279,7 +286,7 @@ def load_adapter(
             logger.warning("overwriting existing adapter %r", name)
             model.delete_adapter(name)
         model.add_adapter(name, config)
-        attribute = method_for(config).module_attribute
+        attribute = method_for(config).module_attributes
         state = model.state_dict()
         targets = set(_keys_with(state, attribute, name))
         matched, unexpected = _match_keys(weights, targets, model.base_model_prefix, (attribute, saved_name, name))
@@ -386,7 +393,7 @@ def _snapshot_adapter(model: nn.Module, name: str) -> tuple[str, AdapterConfig, 
     if config is None:
         return None
     state = model.state_dict()
-    keys = _keys_with(state, method_for(config).module_attribute, name)
+    keys = _keys_with(state, method_for(config).module_attributes, name)
     return name, config, {k: state[k].detach().clone() for k in keys}
 
 

@@ -45,6 +45,17 @@ class AdapterMethod(ABC):
     )
     module_attribute: str
 
+    @property
+    def module_attributes(self) -> tuple[str, ...]:
+        """Every ModuleDict attribute whose ``.<attribute>.<adapter name>.`` state-dict keys belong to this
+        method's adapters (saving and loading use all of them); ``module_attribute`` by default."""
+        return (self.module_attribute,)
+
+    def is_redundant_saved_key(self, key: str) -> bool:
+        """Whether saved weight ``key`` repeats another saved weight and is skipped on load (AdapterHub
+        writes some shared modules under several names); False by default."""
+        return False
+
     @abstractmethod
     def add(self, target: ModelTarget, adapter_name: str, config: AdapterConfig) -> LayerModules:
         """Create the modules of ``adapter_name`` in every layer not left out, and hook them in.

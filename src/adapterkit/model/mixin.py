@@ -249,6 +249,25 @@ class ModelAdaptersMixin(FusionMixin):
         for method in registered_methods():
             method.reset(self._adapter_target)
 
+    def eject_prefix_tuning(self, name: str) -> None:
+        """Replace prefix tuning adapter ``name``'s reparametrizing MLP by the flat prefixes it produces.
+
+        The outputs stay the same and the MLP's parameters are gone (for inference or further flat
+        training). The stored config becomes ``flat=True``, so a saved and reloaded adapter has the same
+        form (AdapterHub keeps ``flat=False`` there, and the reload does not fit).
+
+        Raises:
+            ValueError: for an unknown adapter or one whose method cannot be ejected (not prefix tuning).
+        """
+        config = self.adapters_config.get(name)
+        if config is None:
+            raise ValueError(f"no adapter named {name!r}; this model has {sorted(self.adapters_config)}")
+        method = method_for(config)
+        eject = getattr(method, "eject", None)
+        if eject is None:
+            raise ValueError(f"adapter {name!r} is a {method.name} adapter; only prefix tuning adapters can be ejected")
+        self.adapters_config.add(name, eject(self._adapter_target, name, config))
+
     # ---- devices and summary ---------------------------------------------------------------
     def adapter_to(
         self, name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None
