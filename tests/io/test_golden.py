@@ -48,3 +48,15 @@ def test_adapterhub_adapter_reproduces_logits(arch, method):
         hidden = model.base_model(**inputs).last_hidden_state
     torch.testing.assert_close(hidden, expected["last_hidden_state"], atol=1e-5, rtol=0)
     torch.testing.assert_close(logits, expected["logits"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_adapterhub_causal_lm_head_tied_to_embeddings_loads(arch):
+    """AdapterHub saves the tied LM-head weight with the head; loading writes it through the tie."""
+    model = AutoAdapterModel.from_pretrained(GOLDEN / arch / "base", attn_implementation="eager").eval()
+    case = GOLDEN / "methods" / arch / "lora_for_generate"
+    expected = load_file(case / "expected.safetensors")
+    model.load_adapter(case, set_active=True)
+    with torch.no_grad():
+        logits = model(input_ids=expected["input_ids"], attention_mask=expected["attention_mask"]).logits
+    torch.testing.assert_close(logits, expected["logits"], atol=1e-5, rtol=0)

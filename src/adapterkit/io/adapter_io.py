@@ -224,8 +224,9 @@ def _match_keys(
 
 
 def _copy_into(model: nn.Module, matched: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
+    # every name of a shared tensor: a causal-LM head's weight is tied to the input embeddings
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers(remove_duplicate=False))
     with torch.no_grad():
         for key, tensor in matched.items():
             target = params.get(key, buffers.get(key))
