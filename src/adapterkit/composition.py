@@ -65,7 +65,8 @@ class AdapterCompositionBlock(Sequence):
         return hash(self._key())
 
     def _key(self) -> tuple:
-        return (type(self).__name__, self.children, tuple(sorted(self._save_kwargs().items())))
+        kwargs = sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in self._save_kwargs().items())
+        return (type(self).__name__, self.children, tuple(kwargs))  # hashable: list kwargs become tuples
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}[{', '.join(str(c) for c in self.children)}]"

@@ -9,7 +9,15 @@ from .fusion import (
     DynamicAdapterFusionConfig,
     StaticAdapterFusionConfig,
 )
-from .lora import IA3Config, LoRAConfig
+from .lora import (
+    DoRAConfig,
+    DvoRAConfig,
+    IA3Config,
+    LoRAConfig,
+    MTLLoRAConfig,
+    MultiTaskConfig,
+    VeraConfig,
+)
 from .prefix_tuning import PrefixTuningConfig
 from .registry import (
     ADAPTER_CONFIG_MAP,
@@ -28,14 +36,19 @@ __all__ = [
     "AdapterConfig",
     "AdapterFusionConfig",
     "BnConfig",
+    "DoRAConfig",
     "DoubleSeqBnConfig",
+    "DvoRAConfig",
     "DynamicAdapterFusionConfig",
     "IA3Config",
     "LoRAConfig",
+    "MTLLoRAConfig",
+    "MultiTaskConfig",
     "ParBnConfig",
     "PrefixTuningConfig",
     "SeqBnConfig",
     "StaticAdapterFusionConfig",
+    "VeraConfig",
     "config_class_for",
     "config_hash",
     "parse_config_string",

@@ -1,4 +1,5 @@
-"""LoRA-family configs: `LoRAConfig` (low-rank updates) and `IA3Config` (learned rescaling)."""
+"""LoRA-family configs: `LoRAConfig` and its presets `IA3Config`, `VeraConfig`, `DoRAConfig`,
+`DvoRAConfig`, and `MTLLoRAConfig` (multi-task LoRA, AdapterHub architecture ``"mtl_lora"``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from .base import AdapterConfig, check_choice, check_type
 
 _ATTN_MATRICES = ("q", "k", "v")
 _INIT_WEIGHTS = ("lora", "bert", "ia3", "vera")
+_TASK_MATRICES = ("singular_values", "linear")
 
 
 @dataclass(eq=False)
@@ -32,6 +34,13 @@ class LoRAConfig(AdapterConfig):
             or ``"vera"``.
         init_weights_seed: seed the initialisation so every layer and adapter starts identical.
         use_gating: a learned sigmoid gate (mean over the sequence) replaces ``alpha / r``.
+        use_dora: DoRA (Liu et al., 2024): a learned magnitude ``m`` (initialised to the row norms of
+            ``W``) rescales the output, ``y = m / ||W + dW||_row * (W x + b + s dW x)``. Only with ``"add"``.
+        vera_d: with ``vera_b``, makes the adapter VeRA (Kopiczko et al., 2024): frozen random ``A``,
+            ``B`` shared by every layer, trainable vectors ``d`` (init ``vera_d``) and ``b`` (init
+            ``vera_b``), ``dW = diag(b) B diag(d) A``. Only with ``"add"``.
+        vera_b: see ``vera_d``; both are set or both are None.
+        dtype: torch dtype name of the adapter tensors (default: the projection's dtype).
 
     Raises:
         ValueError: for a value outside what a key allows, naming the key and the allowed values.
@@ -87,10 +96,18 @@ class LoRAConfig(AdapterConfig):
             raise ValueError(
                 f"{type(self).__name__}.dropout={self.dropout} is not allowed with composition_mode='scale'; use 0.0"
             )
-        if self.use_dora or self.vera_d is not None or self.vera_b is not None:
+        for key in ("vera_d", "vera_b"):
+            if getattr(self, key) is not None:
+                check_type(self, key, (int, float), "a number or None")
+        if (self.vera_d is None) != (self.vera_b is None):
             raise ValueError(
-                f"{type(self).__name__}: DoRA (use_dora) and VeRA (vera_d, vera_b) are not available in this "
-                "version of adapterkit; leave them at False/None"
+                f"{type(self).__name__}: vera_d={self.vera_d!r} and vera_b={self.vera_b!r} are not allowed; VeRA needs "
+                "both (numbers: the initial values of its d and b vectors), plain LoRA neither"
+            )
+        if self.composition_mode == "scale" and (self.use_dora or self.is_vera):
+            raise ValueError(
+                f"{type(self).__name__}: use_dora={self.use_dora!r}, vera_d={self.vera_d!r} are not allowed with "
+                "composition_mode='scale' ((IA)^3); DoRA and VeRA need composition_mode='add'"
             )
         if self.dtype is not None:
             check_choice(self, "dtype", ("float32", "float16", "bfloat16", "float64"))
@@ -101,8 +118,13 @@ class LoRAConfig(AdapterConfig):
                 f"{type(self).__name__}.leave_out={self.leave_out!r} is not allowed; expected a list of layer ids"
             )
 
+    @property
+    def is_vera(self) -> bool:
+        """Whether this config describes VeRA (``vera_d`` and ``vera_b`` set)."""
+        return self.vera_d is not None
+
     def to_dict(self) -> dict[str, Any]:
-        """The saved form; ``"architecture": "lora"`` comes first, as AdapterHub writes it."""
+        """The saved form; ``"architecture"`` comes first, as AdapterHub writes it."""
         return {"architecture": self.architecture, **super().to_dict()}
 
 
@@ -121,3 +143,91 @@ class IA3Config(LoRAConfig):
     attn_matrices: list[str] = field(default_factory=lambda: ["k", "v"])
     composition_mode: str = "scale"
     init_weights: str = "ia3"
+
+
+@dataclass(eq=False)
+class VeraConfig(LoRAConfig):
+    """VeRA (Kopiczko et al., 2024, https://arxiv.org/abs/2310.11454); alias ``vera``.
+
+    ``dW = diag(b) B diag(d) A`` with ``A`` (r x in) and ``B`` (out x r) frozen, random and shared by
+    every adapted projection of the model, and trainable vectors ``d`` (r, init ``vera_d``) and ``b``
+    (out, init ``vera_b``); ``y = W x + b + (alpha / r) dW x``. ``vera_b=0.0`` makes it start as the identity.
+    """
+
+    r: int = 8
+    vera_d: float | None = 0.1
+    vera_b: float | None = 0.0
+    init_weights: str = "vera"
+    composition_mode: str = "add"
+    dtype: str | None = None
+
+
+@dataclass(eq=False)
+class DoRAConfig(LoRAConfig):
+    """DoRA (Liu et al., 2024, https://arxiv.org/abs/2402.09353): LoRA plus a learned magnitude; alias ``dora``."""
+
+    use_dora: bool = True
+
+
+@dataclass(eq=False)
+class DvoRAConfig(LoRAConfig):
+    """DvoRA: VeRA's update with DoRA's magnitude (AdapterHub's preset); alias ``dvora``."""
+
+    vera_d: float | None = 0.1
+    vera_b: float | None = 0.0
+    init_weights: str = "vera"
+    use_dora: bool = True
+
+
+class MultiTaskConfig(AdapterConfig):
+    """Flag base class of multi-task methods (AdapterHub's): their adapters can share parameters
+    (``model.share_parameters``) and run in a `MultiTask` block. It adds no keys."""
+
+
+@dataclass(eq=False)
+class MTLLoRAConfig(LoRAConfig, MultiTaskConfig):
+    """MTL-LoRA (Yang et al., 2024, https://arxiv.org/abs/2410.09437); alias ``mtl_lora``.
+
+    One adapter per task; tasks share ``A`` and the up-projections ``B_1..B_n`` through
+    ``model.share_parameters(MultiTask(...))``, each keeps a task-specific ``r x r`` matrix ``L`` and
+    mixing weights ``w``: ``y = W x + b + (alpha / r) sum_k softmax(w / weights_sharpness)_k B_k L^T A x``.
+
+    Args:
+        n_up_projection: number of up-projections ``B_k``.
+        task_specific_matrix_type: ``"singular_values"`` (``L = diag(values)``, ones at start) or
+            ``"linear"`` (a full ``r x r`` matrix, the identity at start).
+        weights_sharpness: temperature of the softmax over the up-projection weights.
+        (other keys: as `LoRAConfig`; DoRA, VeRA and ``composition_mode="scale"`` are not allowed.)
+
+    Raises:
+        ValueError: for a value outside what a key allows, naming the key and the allowed values.
+    """
+
+    n_up_projection: int = 1
+    task_specific_matrix_type: str = "singular_values"
+    weights_sharpness: float = 0.05
+
+    architecture: ClassVar[str | None] = "mtl_lora"
+
+    def validate(self) -> None:
+        """Check every key; see the class docstring for the rules."""
+        super().validate()
+        check_type(self, "n_up_projection", (int,), "a positive integer")
+        if self.n_up_projection < 1:
+            raise ValueError(
+                f"{type(self).__name__}.n_up_projection={self.n_up_projection!r} is not allowed; "
+                "expected a positive integer"
+            )
+        check_choice(self, "task_specific_matrix_type", _TASK_MATRICES)
+        check_type(self, "weights_sharpness", (int, float), "a positive number")
+        if self.weights_sharpness <= 0:
+            raise ValueError(
+                f"{type(self).__name__}.weights_sharpness={self.weights_sharpness!r} is not allowed; "
+                "expected a positive number"
+            )
+        if self.use_dora or self.is_vera or self.composition_mode != "add":
+            raise ValueError(
+                f"{type(self).__name__}: use_dora={self.use_dora!r}, vera_d={self.vera_d!r}, "
+                f"composition_mode={self.composition_mode!r} are not allowed; MTL-LoRA takes plain LoRA updates "
+                "(use_dora=False, vera_d=vera_b=None, composition_mode='add')"
+            )

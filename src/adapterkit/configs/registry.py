@@ -11,7 +11,7 @@ from typing import Any
 
 from .base import AdapterConfig
 from .bottleneck import BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
-from .lora import IA3Config, LoRAConfig
+from .lora import DoRAConfig, DvoRAConfig, IA3Config, LoRAConfig, MTLLoRAConfig, VeraConfig
 from .prefix_tuning import PrefixTuningConfig
 
 ADAPTER_CONFIG_MAP: dict[str, Callable[[], AdapterConfig]] = {
@@ -25,6 +25,10 @@ ADAPTER_CONFIG_MAP: dict[str, Callable[[], AdapterConfig]] = {
     "scaled_parallel": lambda: ParBnConfig(scaling="learned"),
     "lora": LoRAConfig,
     "ia3": IA3Config,
+    "vera": VeraConfig,
+    "dora": DoRAConfig,
+    "dvora": DvoRAConfig,
+    "mtl_lora": MTLLoRAConfig,
     "prefix_tuning": PrefixTuningConfig,
     "prefix_tuning_flat": lambda: PrefixTuningConfig(flat=True),
 }
@@ -39,6 +43,7 @@ DEPRECATED_ALIASES = frozenset({"pfeiffer", "houlsby", "parallel", "scaled_paral
 _ARCHITECTURE_CLASSES: dict[str | None, type[AdapterConfig]] = {
     None: BnConfig,
     "lora": LoRAConfig,
+    "mtl_lora": MTLLoRAConfig,
     "prefix_tuning": PrefixTuningConfig,
 }
 

@@ -291,6 +291,8 @@ def load_adapter(
         state = model.state_dict()
         targets = set(_keys_with(state, attribute, name))
         matched, unexpected = _match_keys(weights, targets, model.base_model_prefix, (attribute, saved_name, name))
+        if method.fit_loaded_weights(model, matched):
+            state = model.state_dict()
         missing = sorted(targets - matched.keys())
         if missing or (unexpected and not leave_out):
             raise ValueError(
@@ -403,4 +405,5 @@ def _restore_adapter(model: nn.Module, snapshot: tuple[str, AdapterConfig, dict[
         return
     name, config, tensors = snapshot
     model.add_adapter(name, config)
+    method_for(config).fit_loaded_weights(model, tensors)
     _copy_into(model, tensors)

@@ -8,8 +8,9 @@ code looks methods up by ``config.method`` and never names one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Container
+from collections.abc import Container, Mapping
 
+import torch
 from torch import nn
 
 from ..composition import AdapterCompositionBlock, Average, BatchSplit, MultiTask, Parallel, Split, Stack
@@ -55,6 +56,25 @@ class AdapterMethod(ABC):
         """Whether saved weight ``key`` repeats another saved weight and is skipped on load (AdapterHub
         writes some shared modules under several names); False by default."""
         return False
+
+    def fit_loaded_weights(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> bool:
+        """Reconcile loaded tensors (keyed by ``model``'s state-dict names, changed in place) with this
+        method's modules before they are copied in, e.g. another saved form of a parameter.
+
+        Returns:
+            Whether a module changed its parameters (the caller re-reads the state dict); False by default.
+        """
+        return False
+
+    def validate_setup(  # noqa: B027  (optional hook: most methods need no extra checks)
+        self, target: ModelTarget, setup: AdapterCompositionBlock, configs: Mapping[str, AdapterConfig]
+    ) -> None:
+        """Method-specific checks of an adapter setup, beyond the blocks each adapter may sit in (run when a
+        setup is activated; ``configs`` maps adapter names to their configs). Default: none.
+
+        Raises:
+            ValueError: naming the adapter, the block and what is allowed.
+        """
 
     @abstractmethod
     def add(self, target: ModelTarget, adapter_name: str, config: AdapterConfig) -> LayerModules:

@@ -1,23 +1,35 @@
-"""LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685) and (IA)^3 (Liu et al., 2022).
+"""The LoRA family on linear projections: LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685),
+(IA)^3 (Liu et al., 2022), DoRA (Liu et al., 2024), VeRA (Kopiczko et al., 2024), DvoRA (VeRA + DoRA)
+and MTL-LoRA (Yang et al., 2024).
 
-For a projection ``y = W x + b`` each active adapter updates the output in turn:
+For a projection ``y = W x + b`` each active adapter updates the output in turn (``s = alpha / r``, or
+a learned gate with ``use_gating``; ``x`` after the adapter's dropout):
 
-    LoRA:    y <- y + (alpha / r) * B A dropout(x)
-    (IA)^3:  y <- y * (alpha * l)                        (l = lora_B)
+    LoRA:      y <- y + s * dW x              dW = B A
+    VeRA:      y <- y + s * dW x              dW = diag(b) B_s diag(d) A_s   (A_s, B_s frozen, shared)
+    MTL-LoRA:  y <- y + s * dW x              dW = sum_k p_k B_k L^T A       (p = softmax(w / sharpness))
+    DoRA:      y <- m / ||W + dW||_row * (y + s * dW x)   (dW from LoRA or VeRA; the norm is of the
+                                                           unscaled dW, bias included, as in AdapterHub)
+    (IA)^3:    y <- y * (alpha * l)           (l = lora_B)
 
-so a Stack of LoRA adapters sums their updates (all on the same input ``x``). Each adapted
+so a Stack of additive adapters sums their updates (all on the same input ``x``). DoRA and (IA)^3
+rescale the output; a DoRA adapter must be the first adapter at its projection (checked when a
+setup is activated), adapters after it act on its output as if it were merged. Each adapted
 projection keeps its module and weights; a ``loras`` ModuleDict is added to it (AdapterHub's key
-names) and one forward hook adds the terms. A fused q/k/v projection (GPT-2's ``c_attn``) gets a
-grouped update: ``A`` stacks one ``r x in`` block and ``B`` one ``d x r`` block per enabled matrix.
+names) and one forward hook applies the adapters. VeRA's shared ``A_s``, ``B_s`` live once per adapter
+in ``base_model.shared_parameters[name]`` (AdapterHub's keys). A fused q/k/v projection (GPT-2's
+``c_attn``) gets a grouped update: ``A`` stacks one ``r x in`` block and ``B`` one ``d x r`` block per
+enabled matrix (VeRA: one ``d`` and ``b`` vector per matrix; DoRA: one magnitude per output row).
 
-Merging folds an adapter into ``W`` (and ``b`` for (IA)^3); the original tensors are kept so
+Merging folds an adapter into ``W`` (and ``b`` for (IA)^3 and DoRA); the original tensors are kept so
 `reset` restores them bit for bit.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +37,16 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..configs import LoRAConfig
+from ..composition import AdapterCompositionBlock, Stack
+from ..configs import AdapterConfig, LoRAConfig, MTLLoRAConfig, MultiTaskConfig
 from ..context import ForwardContext, RowGroups
 from ..integration.target import ModelTarget
 from .base import AdapterMethod, LayerModules, active_in_order, composed_here, register_method
 from .compose import Composer, SiteState, run_setup
 
 _QKV = ("q", "k", "v")
-_STATE = "_adapterkit_lora"  # per-projection state: layer index, hook handle, merged adapter, backup
+_STATE = "_adapterkit_lora"  # per-projection state: layer index, hook handle, merged adapter, backup, shares
+_SHARED = "shared_parameters"  # base-model ModuleDict of per-adapter shared tensors (VeRA's A and B)
 
 
 class _LoRABase(nn.Module):
@@ -45,6 +59,20 @@ class _LoRABase(nn.Module):
         self.matrices = matrices  # None: the whole output of a plain projection
         self.groups = len(matrices) if matrices else 1
         self.dtype = getattr(torch, config.dtype) if config.dtype else None
+        self.is_dora = bool(config.use_dora)
+
+    @property
+    def additive(self) -> bool:
+        """Whether the adapter only adds an update to the output (LoRA, VeRA, MTL-LoRA), so the updates of
+        several adapters add up; False for DoRA and (IA)^3, which rescale the output."""
+        return not self.is_dora
+
+    def _rows(self, weight: torch.Tensor) -> torch.Tensor:
+        """The rows of an ``(out, in)`` projection weight that this adapter's groups cover."""
+        if self.matrices is None:
+            return weight
+        d = self.out_per_group
+        return torch.cat([weight.narrow(0, _QKV.index(m) * d, d) for m in self.matrices])
 
     def _place(self, values: torch.Tensor, fill: float) -> torch.Tensor:
         """Scatter per-group values (last dim ``groups * d``) into the fused q/k/v output layout."""
@@ -61,8 +89,89 @@ class _LoRABase(nn.Module):
         return gate.repeat_interleave(self.out_per_group, dim=-1)
 
 
-class LoRA(_LoRABase):
-    """A low-rank update ``(alpha / r) * B A x`` (or gated: ``gate(x) * B A x``).
+class _Magnitude(nn.Module):
+    """DoRA's magnitude vector, stored as AdapterHub's ``m.weight`` of shape ``(out, 1)``."""
+
+    def __init__(self, norms: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(norms.reshape(-1, 1))
+
+
+class _LowRank(_LoRABase, ABC):
+    """The additive members of the family (LoRA, VeRA, MTL-LoRA): scaling or gate, input dropout and,
+    with ``use_dora``, DoRA's magnitude. Subclasses give the unscaled update ``dW`` in the grouped layout
+    (`_update`: ``dW x``; `_update_weight`: ``dW``)."""
+
+    def __init__(self, out_per_group: int, matrices: tuple[str, ...] | None, config: LoRAConfig):
+        super().__init__(out_per_group, matrices, config)
+        self.scaling = config.alpha / config.r
+        self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    def _finish(
+        self,
+        in_features: int,
+        config: LoRAConfig,
+        generator: torch.Generator | None,
+        base_weight: torch.Tensor | None,
+    ) -> None:
+        """Add DoRA's magnitude (the row norms of ``base_weight``, the ``(out, in)`` projection weight)
+        and the gate, after the update's own parameters (AdapterHub's order)."""
+        if config.use_dora:
+            if base_weight is None:
+                raise ValueError("a DoRA adapter needs the projection weight to initialise its magnitude")
+            rows = self._rows(base_weight.detach())
+            dtype = self.dtype or torch.get_default_dtype()
+            if rows.is_meta:  # a model being built for from_pretrained: the checkpoint holds m
+                norms = torch.empty(rows.shape[0], dtype=dtype)
+            else:
+                norms = torch.linalg.norm(rows.float(), dim=1).to(device="cpu", dtype=dtype)
+            self.m = _Magnitude(norms)
+        if config.use_gating:
+            self.gate = nn.Linear(in_features, self.groups)
+            with torch.no_grad():
+                nn.init.normal_(self.gate.weight, std=0.02, generator=generator)
+
+    @property
+    @abstractmethod
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the adapter's tensors (inputs are cast to it)."""
+
+    @abstractmethod
+    def _update(self, x: torch.Tensor) -> torch.Tensor:
+        """``dW x`` (unscaled) in the grouped layout, last dim ``groups * d``."""
+
+    @abstractmethod
+    def _update_weight(self) -> torch.Tensor:
+        """``dW`` (unscaled), ``(groups * d, in)``."""
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """The update ``s * dW dropout(x)`` (``s``: alpha / r or the gate) in the projection's output layout."""
+        h = self._update(self.lora_dropout(x.to(self.compute_dtype)))
+        h = h * (self._gate(x) if self.config.use_gating else self.scaling)
+        return self._place(h, 0.0).to(x.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """``s * dW`` as an ``(out, in)`` matrix in the projection's output layout.
+
+        Raises:
+            ValueError: for a gated adapter (its update depends on the input).
+        """
+        if self.config.use_gating:
+            raise ValueError(
+                "a gated LoRA adapter depends on its input and cannot be merged (use_gating=True)"
+            )
+        return self._place((self._update_weight() * self.scaling).t(), 0.0).t()
+
+    def dora_scale(self, weight: torch.Tensor) -> torch.Tensor:
+        """DoRA's factor ``m / ||W + dW||`` per output row, for the projection's ``(out, in)`` weight ``W``
+        (1 on rows the adapter does not cover). As in AdapterHub the norm is of the unscaled ``dW``."""
+        direction = self._rows(weight).to(self.compute_dtype) + self._update_weight()
+        norm = torch.linalg.norm(direction, dim=1, dtype=torch.float32)  # float32 even for half-precision models
+        return self._place(self.m.weight.view(-1) / norm, 1.0)
+
+
+class LoRA(_LowRank):
+    """A low-rank update ``(alpha / r) * B A x`` (or gated: ``gate(x) * B A x``), DoRA with ``use_dora``.
 
     Args:
         in_features: projection input size.
@@ -70,6 +179,7 @@ class LoRA(_LoRABase):
         matrices: the enabled q/k/v matrices of a fused projection, or None.
         config: the adapter's config.
         generator: random source for initialisation.
+        base_weight: the projection's ``(out, in)`` weight (needed for DoRA's magnitude).
     """
 
     def __init__(
@@ -79,15 +189,12 @@ class LoRA(_LoRABase):
         matrices: tuple[str, ...] | None,
         config: LoRAConfig,
         generator: torch.Generator | None,
+        base_weight: torch.Tensor | None = None,
     ):
         super().__init__(out_per_group, matrices, config)
         r = config.r
         self.lora_A = nn.Parameter(torch.zeros(r * self.groups, in_features, dtype=self.dtype))
         self.lora_B = nn.Parameter(torch.zeros(out_per_group * self.groups, r, dtype=self.dtype))
-        self.scaling = config.alpha / r
-        self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        if config.use_gating:
-            self.gate = nn.Linear(in_features, self.groups)
         with torch.no_grad():
             if config.init_weights == "lora":
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
@@ -100,31 +207,171 @@ class LoRA(_LoRABase):
             else:  # vera
                 nn.init.kaiming_uniform_(self.lora_A, generator=generator)
                 nn.init.kaiming_uniform_(self.lora_B, generator=generator)
-            if config.use_gating:
-                nn.init.normal_(self.gate.weight, std=0.02, generator=generator)
+        self._finish(in_features, config, generator, base_weight)
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The update added to the projection output for input ``x``."""
-        h = self.lora_dropout(x.to(self.lora_A.dtype)) @ self.lora_A.t()
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.lora_A.dtype
+
+    def _update(self, x: torch.Tensor) -> torch.Tensor:
+        h = x @ self.lora_A.t()
         if self.groups == 1:
-            h = h @ self.lora_B.t()
-        else:
-            h = h.unflatten(-1, (self.groups, -1))  # (..., groups, r)
-            b = self.lora_B.view(self.groups, self.out_per_group, -1)  # (groups, d, r)
-            h = torch.einsum("...gr,gdr->...gd", h, b).flatten(-2)
-        h = h * (self._gate(x) if self.config.use_gating else self.scaling)
-        return self._place(h, 0.0).to(x.dtype)
+            return h @ self.lora_B.t()
+        h = h.unflatten(-1, (self.groups, -1))  # (..., groups, r)
+        b = self.lora_B.view(self.groups, self.out_per_group, -1)  # (groups, d, r)
+        return torch.einsum("...gr,gdr->...gd", h, b).flatten(-2)
 
-    def delta_weight(self) -> torch.Tensor:
-        """``(alpha / r) * B A`` as an ``(out, in)`` matrix in the projection's output layout."""
-        if self.config.use_gating:
-            raise ValueError(
-                "a gated LoRA adapter depends on its input and cannot be merged (use_gating=True)"
-            )
+    def _update_weight(self) -> torch.Tensor:
         a = self.lora_A.view(self.groups, -1, self.lora_A.shape[-1])  # (groups, r, in)
         b = self.lora_B.view(self.groups, self.out_per_group, -1)  # (groups, d, r)
-        w = torch.bmm(b, a).flatten(0, 1) * self.scaling  # (groups * d, in)
-        return self._place(w.t(), 0.0).t()
+        return torch.bmm(b, a).flatten(0, 1)
+
+
+class _TaskSpecific(nn.Module):
+    """MTL-LoRA's task-specific ``r x r`` matrix ``L``: ``diag(values)`` (``"singular_values"``, ones at
+    start) or ``values`` itself (``"linear"``, the identity at start); applied as ``h @ L``."""
+
+    def __init__(self, r: int, kind: str, dtype: torch.dtype | None):
+        super().__init__()
+        self.diagonal = kind == "singular_values"
+        init = torch.ones(r, dtype=dtype) if self.diagonal else torch.eye(r, dtype=dtype)
+        self.values = nn.Parameter(init)
+
+    def apply_to(self, h: torch.Tensor) -> torch.Tensor:
+        """``h @ L`` for ``h`` (..., r)."""
+        return h * self.values if self.diagonal else h @ self.values
+
+    def matrix(self) -> torch.Tensor:
+        """``L``."""
+        return torch.diag(self.values) if self.diagonal else self.values
+
+
+class MTLLoRA(LoRA):
+    """MTL-LoRA: ``dW = sum_k p_k B_k L^T A`` with ``p = softmax(weights / weights_sharpness)``.
+
+    ``lora_B`` holds the ``n_up_projection`` up-projections ``(n, out, r)``; ``task_specific.values`` is
+    ``L`` (see `_TaskSpecific`), ``weights`` the mixing logits. ``lora_A`` and ``lora_B`` are what
+    ``model.share_parameters`` shares between tasks.
+
+    Args: as `LoRA` (``config`` is an `MTLLoRAConfig`).
+
+    Raises:
+        ValueError: on a fused q/k/v projection (not supported).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_per_group: int,
+        matrices: tuple[str, ...] | None,
+        config: LoRAConfig,
+        generator: torch.Generator | None,
+        base_weight: torch.Tensor | None = None,
+    ):
+        if matrices is not None:
+            raise ValueError(
+                "MTL-LoRA cannot adapt a fused q/k/v projection (as in AdapterHub); use a model with separate "
+                "q/k/v projections, or selfattn_lora=False with intermediate_lora/output_lora"
+            )
+        if not isinstance(config, MTLLoRAConfig):
+            raise ValueError(f"MTLLoRA needs an MTLLoRAConfig, got {type(config).__name__}")
+        super().__init__(in_features, out_per_group, matrices, config, generator, base_weight)
+        self.lora_B = nn.Parameter(torch.zeros(config.n_up_projection, out_per_group, config.r, dtype=self.dtype))
+        if config.init_weights == "bert":
+            with torch.no_grad():
+                nn.init.normal_(self.lora_B, std=0.02, generator=generator)
+        self.task_specific = _TaskSpecific(config.r, config.task_specific_matrix_type, self.dtype)
+        self.weights = nn.Parameter(torch.ones(config.n_up_projection, dtype=self.dtype))
+        self.weights_sharpness = config.weights_sharpness
+
+    def _mixed_up_projection(self) -> torch.Tensor:
+        """``sum_k p_k B_k`` (out, r)."""
+        p = torch.softmax(self.weights / self.weights_sharpness, dim=0).to(self.lora_B.dtype)
+        return torch.einsum("k,kdr->dr", p, self.lora_B)
+
+    def _update(self, x: torch.Tensor) -> torch.Tensor:
+        return self.task_specific.apply_to(x @ self.lora_A.t()) @ self._mixed_up_projection().t()
+
+    def _update_weight(self) -> torch.Tensor:
+        return self._mixed_up_projection() @ self.task_specific.matrix().t() @ self.lora_A
+
+
+class VeRA(_LowRank):
+    """VeRA: ``dW = diag(vera_B) B_s diag(vera_D) A_s``; DvoRA with ``use_dora``.
+
+    ``A_s`` (r x in_max) and ``B_s`` (out_max x r) are the adapter's frozen random matrices, shared by all
+    its projections and held by the model (``base_model.shared_parameters[name]``); a projection uses
+    their leading ``in`` columns / ``d`` rows (VeRA's rule for layers of different sizes). ``vera_D``
+    (``groups * r``) and ``vera_B`` (``groups * d``) are the trainable vectors. An AdapterHub checkpoint
+    whose ``vera_D`` / ``vera_B`` are dense matrices (AdapterHub trains full ``r x r`` and ``out x out``
+    matrices) switches the module to that form (`use_dense`), which reproduces its outputs.
+
+    Args: as `LoRA`, plus ``shared``: the adapter's ParameterDict with ``lora_A`` and ``lora_B``.
+
+    Raises:
+        ValueError: without ``shared``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_per_group: int,
+        matrices: tuple[str, ...] | None,
+        config: LoRAConfig,
+        generator: torch.Generator | None,
+        base_weight: torch.Tensor | None = None,
+        shared: nn.ParameterDict | None = None,
+    ):
+        super().__init__(out_per_group, matrices, config)
+        if shared is None:
+            raise ValueError("a VeRA adapter needs its shared A and B (the shared ParameterDict)")
+        self.in_features = in_features
+        object.__setattr__(self, "shared", shared)  # not a submodule: the model holds it once per adapter
+        self.vera_D = nn.Parameter(torch.full((self.groups * config.r,), float(config.vera_d), dtype=self.dtype))
+        self.vera_B = nn.Parameter(torch.full((self.groups * out_per_group,), float(config.vera_b), dtype=self.dtype))
+        self._finish(in_features, config, generator, base_weight)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.vera_D.dtype
+
+    def _shared(self) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.shared["lora_A"][:, : self.in_features]
+        b = self.shared["lora_B"][: self.out_per_group]
+        return a.to(self.vera_D), b.to(self.vera_D)
+
+    def use_dense(self, key: str) -> None:
+        """Hold ``key`` (``"vera_D"`` or ``"vera_B"``) as a full matrix (AdapterHub's form), keeping its values.
+
+        Raises:
+            ValueError: for another key, or on a fused q/k/v projection (AdapterHub has no such form there).
+        """
+        if key not in ("vera_D", "vera_B"):
+            raise ValueError(f"use_dense takes 'vera_D' or 'vera_B', not {key!r}")
+        if self.groups != 1:
+            raise ValueError("VeRA on a fused q/k/v projection keeps vera_D and vera_B as vectors")
+        current = getattr(self, key)
+        if current.dim() == 1:
+            setattr(self, key, nn.Parameter(torch.diag(current.detach()), requires_grad=current.requires_grad))
+
+    def _update(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self._shared()
+        h = x @ a.t()  # (..., r)
+        if self.vera_D.dim() == 1:
+            h = h.unsqueeze(-2) * self.vera_D.view(self.groups, -1)  # (..., groups, r)
+        else:
+            h = (h @ self.vera_D.t()).unsqueeze(-2)
+        h = (h @ b.t()).flatten(-2)  # (..., groups * d)
+        return h * self.vera_B if self.vera_B.dim() == 1 else h @ self.vera_B.t()
+
+    def _update_weight(self) -> torch.Tensor:
+        a, b = self._shared()
+        if self.vera_D.dim() == 1:
+            da = self.vera_D.view(self.groups, -1, 1) * a  # (groups, r, in)
+        else:
+            da = (self.vera_D @ a).unsqueeze(0)
+        w = torch.matmul(b, da).flatten(0, 1)  # (groups * d, in)
+        return self.vera_B[:, None] * w if self.vera_B.dim() == 1 else self.vera_B @ w
 
 
 class IA3(_LoRABase):
@@ -156,6 +403,10 @@ class IA3(_LoRABase):
             if config.use_gating:
                 nn.init.normal_(self.gate.weight, std=0.02, generator=generator)
 
+    @property
+    def additive(self) -> bool:
+        return False
+
     def factor(self, x: torch.Tensor) -> torch.Tensor:
         """The factor the projection output is multiplied by for input ``x``."""
         l_vec = self.lora_B.view(-1).to(x.dtype)
@@ -180,6 +431,11 @@ def _shape(module: nn.Module) -> tuple[int, int]:
     raise ValueError(f"LoRA can adapt nn.Linear or Conv1D projections, not {type(module).__name__}")
 
 
+def _weight_oi(proj: nn.Module) -> torch.Tensor:
+    """The projection weight as ``(out, in)`` (a ``Conv1D`` stores ``(in, out)``)."""
+    return proj.weight.t() if isinstance(proj, Conv1D) else proj.weight
+
+
 def _lora_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
     state = module.__dict__[_STATE]
     loras = module.loras
@@ -189,7 +445,7 @@ def _lora_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Te
         y = output
         for name in names:
             if name != state["merged"]:  # a merged adapter is in the weight already
-                y = _apply(loras[name], args[0], y)
+                y = _apply(module, loras[name], args[0], y, first=name == names[0])
         return y
     if composed_here(ctx, loras, state["layer_idx"]):
         if state["merged"] is not None:
@@ -197,13 +453,37 @@ def _lora_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Te
                 f"adapter {state['merged']!r} is merged into the weights, which applies it to every row; "
                 "call reset_adapter() before running a composed or per-row setup"
             )
-        return run_setup(ctx, LoRAState(args[0], output), _LoRAComposer(loras)).y  # type: ignore[arg-type]
+        return run_setup(ctx, LoRAState(args[0], output), _LoRAComposer(module)).y  # type: ignore[arg-type]
     return None
 
 
-def _apply(lora: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One LoRA (``y + delta(x)``) or (IA)^3 (``y * factor(x)``) adapter on projection output ``y``."""
-    return y * lora.factor(x) if isinstance(lora, IA3) else y + lora.delta(x)
+def _apply(proj: nn.Module, lora: nn.Module, x: torch.Tensor, y: torch.Tensor, first: bool = True) -> torch.Tensor:
+    """One adapter on projection output ``y``: ``y + delta(x)`` (LoRA, VeRA, MTL-LoRA), ``y * factor(x)``
+    ((IA)^3) or ``dora_scale(W) * (y + delta(x))`` (DoRA, DvoRA).
+
+    Args:
+        first: whether no other adapter ran before at this projection (DoRA requires it).
+
+    Raises:
+        RuntimeError: for a DoRA adapter after another adapter, or with another adapter merged into ``W``
+            (setups are checked when activated; an `AdapterSetup` block is not).
+    """
+    if lora.additive:
+        return y + lora.delta(x)
+    if isinstance(lora, IA3):
+        return y * lora.factor(x)
+    merged = proj.__dict__[_STATE]["merged"]
+    if not first or merged is not None:
+        other = "another adapter ran before it" if merged is None else f"adapter {merged!r} is merged into the weights"
+        raise RuntimeError(
+            f"DoRA adapter {_name_of(proj, lora)!r} must be the first adapter at its projection, but {other}; "
+            "put it first in the Stack (or call reset_adapter())"
+        )
+    return lora.dora_scale(_weight_oi(proj)).to(y.dtype) * (y + lora.delta(x))
+
+
+def _name_of(proj: nn.Module, lora: nn.Module) -> str:
+    return next((name for name, module in proj.loras.items() if module is lora), "?")
 
 
 @dataclass
@@ -240,17 +520,18 @@ class LoRAState(SiteState):
 
 
 class _LoRAComposer(Composer[LoRAState]):
-    def __init__(self, loras: nn.ModuleDict):
-        self.present = loras
+    def __init__(self, proj: nn.Module):
+        self.proj = proj
+        self.present = proj.loras
 
     def single(self, name: str, state: LoRAState) -> LoRAState:
-        return LoRAState(state.x, _apply(self.present[name], state.x, state.y))
+        return LoRAState(state.x, _apply(self.proj, self.present[name], state.x, state.y))
 
     def route(self, groups: RowGroups, state: LoRAState) -> LoRAState | None:
-        """Rows of plain LoRA adapters get their update added in place (no copies of the output);
-        other targets use the generic routing."""
+        """Rows of additive adapters (LoRA, VeRA, MTL-LoRA) get their update added in place (no copies of
+        the output); other targets use the generic routing."""
         loras = [self.present[t] if isinstance(t, str) and t in self.present else None for t in groups.targets]
-        if any(isinstance(lora, IA3) for lora in loras) or any(
+        if any(lora is not None and not lora.additive for lora in loras) or any(
             t is not None and not isinstance(t, str) for t in groups.targets
         ):
             return None
@@ -272,11 +553,17 @@ class _LoRAComposer(Composer[LoRAState]):
 
 
 class LoRAMethod(AdapterMethod):
-    """Registers LoRA and (IA)^3 (`LoRAConfig`) on the table's attention and FFN projections."""
+    """Registers the LoRA family (`LoRAConfig` and its presets, `MTLLoRAConfig`) on the table's
+    attention and FFN projections."""
 
     name = "lora"
     config_class = LoRAConfig
     module_attribute = "loras"
+
+    @property
+    def module_attributes(self) -> tuple[str, ...]:
+        """``loras`` (per projection) and ``shared_parameters`` (VeRA's shared A and B on the base model)."""
+        return (self.module_attribute, _SHARED)
 
     def _targets(
         self, target: ModelTarget, config: LoRAConfig
@@ -302,35 +589,56 @@ class LoRAMethod(AdapterMethod):
         return found
 
     def add(self, target: ModelTarget, adapter_name: str, config: LoRAConfig) -> LayerModules:  # type: ignore[override]
+        """Create the adapter's module on every targeted projection (and VeRA's shared A and B).
+
+        Raises:
+            ValueError: for MTL-LoRA on a fused q/k/v projection, or a projection that is neither
+                ``nn.Linear`` nor ``Conv1D``.
+        """
         generator = None
         if config.init_weights_seed is not None:
             generator = torch.Generator().manual_seed(config.init_weights_seed)
-        module_cls = IA3 if config.composition_mode == "scale" else LoRA
+        sites = [
+            (idx, location, matrices, target.layer_module(idx, path))
+            for idx in range(len(target.layers))
+            if idx not in config.leave_out
+            for location, path, matrices in self._targets(target, config)
+        ]
+        extra: dict[str, Any] = {}
+        if isinstance(config, MTLLoRAConfig):
+            module_cls: type[nn.Module] = MTLLoRA
+        elif config.composition_mode == "scale":
+            module_cls = IA3
+        elif config.is_vera:
+            module_cls = VeRA
+            if sites:
+                extra["shared"] = _add_shared_vera(target, adapter_name, config, sites, generator)
+        else:
+            module_cls = LoRA
         created: LayerModules = {}
-        for idx in range(len(target.layers)):
-            if idx in config.leave_out:
-                continue
-            for location, path, matrices in self._targets(target, config):
-                proj = target.layer_module(idx, path)
-                in_features, out_features = _shape(proj)
-                out_per_group = out_features // 3 if matrices else out_features
-                if generator is not None:
-                    generator.manual_seed(config.init_weights_seed)
-                lora = module_cls(in_features, out_per_group, matrices, config, generator)
-                lora = lora.to(device=proj.weight.device, dtype=lora.dtype or proj.weight.dtype)
-                lora.train(proj.training)
-                if not hasattr(proj, "loras"):
-                    proj.loras = nn.ModuleDict()
-                proj.loras[adapter_name] = lora
-                if _STATE not in proj.__dict__:
-                    handle = proj.register_forward_hook(_lora_hook)
-                    proj.__dict__[_STATE] = {
-                        "layer_idx": idx,
-                        "handle": handle,
-                        "merged": None,
-                        "backup": None,
-                    }
-                _add_module(created, idx, location, lora)
+        for idx, location, matrices, proj in sites:
+            in_features, out_features = _shape(proj)
+            out_per_group = out_features // 3 if matrices else out_features
+            if generator is not None:
+                generator.manual_seed(config.init_weights_seed)
+            if module_cls is not IA3:
+                extra["base_weight"] = _original_weight_oi(proj)
+            lora = module_cls(in_features, out_per_group, matrices, config, generator, **extra)
+            lora = lora.to(device=proj.weight.device, dtype=lora.dtype or proj.weight.dtype)
+            lora.train(proj.training)
+            if not hasattr(proj, "loras"):
+                proj.loras = nn.ModuleDict()
+            proj.loras[adapter_name] = lora
+            if _STATE not in proj.__dict__:
+                handle = proj.register_forward_hook(_lora_hook)
+                proj.__dict__[_STATE] = {
+                    "layer_idx": idx,
+                    "handle": handle,
+                    "merged": None,
+                    "backup": None,
+                    "shares": {},
+                }
+            _add_module(created, idx, location, lora)
         return created
 
     def _projections(self, target: ModelTarget) -> list[nn.Module]:
@@ -344,10 +652,19 @@ class LoRAMethod(AdapterMethod):
             if state["merged"] == adapter_name:
                 _unmerge(proj)
             del proj.loras[adapter_name]
+            for share, (names, reference) in list(state["shares"].items()):
+                if adapter_name in names:
+                    remaining = tuple(n for n in names if n != adapter_name)
+                    state["shares"][share] = (remaining, reference if reference in remaining else None)
             if len(proj.loras) == 0:
                 state["handle"].remove()
                 del proj.__dict__[_STATE]
                 del proj.loras
+        store = getattr(target.base_model, _SHARED, None)
+        if isinstance(store, nn.ModuleDict) and adapter_name in store:
+            del store[adapter_name]
+            if len(store) == 0:
+                delattr(target.base_model, _SHARED)
 
     def modules(self, target: ModelTarget, adapter_name: str) -> LayerModules:
         found: LayerModules = {}
@@ -383,6 +700,232 @@ class LoRAMethod(AdapterMethod):
             if proj.__dict__[_STATE]["merged"] is not None:
                 _unmerge(proj)
 
+    # ---- set-up checks and loading ---------------------------------------------------------
+    def validate_setup(
+        self, target: ModelTarget, setup: AdapterCompositionBlock, configs: Mapping[str, AdapterConfig]
+    ) -> None:
+        """Refuse setups in which a DoRA adapter is not the first adapter at one of its projections.
+
+        DoRA rescales the projection output: ``m / ||W + dW|| * (W x + b + s dW x)``. That is defined on the
+        projection's own output, so at each projection a DoRA adapter must come before every other adapter
+        of its path (a Stack's earlier children; a Stack around the block). Adapters after it act on its
+        output, exactly as if it were merged. Blocks that cut rows or tokens (BatchSplit, Parallel,
+        MultiTask, Split, per-row routing) and Average (each child starts from the projection output)
+        keep every path separate.
+
+        Raises:
+            ValueError: naming the DoRA adapter, the adapter before it, the projection and the setup.
+        """
+        names = setup.flatten()
+        dora = {n for n in names if getattr(configs.get(n), "use_dora", False)}
+        if not dora:
+            return
+        checked: set[frozenset[str]] = set()
+        for proj in self._projections(target):
+            here = frozenset(n for n in names if n in proj.loras)
+            if here & dora and here not in checked:
+                checked.add(here)
+                _check_dora_first(setup, here, dora, None, setup, proj)
+
+    def fit_loaded_weights(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> bool:
+        """Accept AdapterHub's VeRA form: ``vera_D`` (r x r) and ``vera_B`` (out x out) matrices.
+
+        A diagonal matrix becomes this module's vector (exact); a dense one (AdapterHub trains every entry)
+        switches the module to the dense form (`VeRA.use_dense`), so the outputs stay AdapterHub's. A vector
+        for a module in dense form becomes its diagonal matrix.
+
+        Returns:
+            Whether a module changed its parameters.
+        """
+        changed = False
+        for key, tensor in list(weights.items()):
+            path, _, attr = key.rpartition(".")
+            if attr not in ("vera_D", "vera_B"):
+                continue
+            module = model.get_submodule(path)
+            if not isinstance(module, VeRA):
+                continue
+            own = getattr(module, attr)
+            if tensor.dim() == 2 and own.dim() == 1:
+                if torch.equal(tensor, torch.diag(torch.diagonal(tensor))):
+                    weights[key] = torch.diagonal(tensor).clone()
+                else:
+                    module.use_dense(attr)
+                    changed = True
+            elif tensor.dim() == 1 and own.dim() == 2:
+                weights[key] = torch.diag(tensor)
+        return changed
+
+    # ---- MTL-LoRA parameter sharing --------------------------------------------------------
+    def share_parameters(
+        self,
+        target: ModelTarget,
+        adapter_names: Sequence[str],
+        configs: Mapping[str, AdapterConfig],
+        name: str,
+        reference_adapter_name: str,
+    ) -> None:
+        """Make ``lora_A`` and ``lora_B`` of ``adapter_names`` one pair of parameters per projection: those of
+        ``reference_adapter_name`` (AdapterHub's ``share_parameters``; MTL-LoRA shares them between tasks).
+
+        Raises:
+            TypeError: for an adapter whose config is not a `MultiTaskConfig`, or mixed config types.
+            ValueError: for an empty list, a reference not in the list, a name that is taken, or tensors of
+                different shapes.
+        """
+        if not adapter_names:
+            raise ValueError("share_parameters needs at least one adapter name")
+        for adapter in adapter_names:
+            if not isinstance(configs.get(adapter), MultiTaskConfig):
+                raise TypeError(
+                    f"adapter {adapter!r} has config {type(configs.get(adapter)).__name__}; share_parameters needs "
+                    "multi-task configs (MultiTaskConfig, e.g. MTLLoRAConfig)"
+                )
+        kinds = {type(configs[a]).__name__ for a in adapter_names}
+        if len(kinds) > 1:
+            raise TypeError(f"adapters {list(adapter_names)} have different config types {sorted(kinds)}")
+        if reference_adapter_name not in adapter_names:
+            raise ValueError(
+                f"reference adapter {reference_adapter_name!r} is not one of the adapters {list(adapter_names)}"
+            )
+        groups = []
+        for proj in self._projections(target):
+            if not all(a in proj.loras for a in adapter_names):
+                continue
+            if name in proj.__dict__[_STATE]["shares"]:
+                raise ValueError(f"parameters are already shared under the name {name!r}; unshare them first")
+            ref = proj.loras[reference_adapter_name]
+            for adapter in adapter_names:
+                for attr in ("lora_A", "lora_B"):
+                    own, theirs = getattr(proj.loras[adapter], attr), getattr(ref, attr)
+                    if own.shape != theirs.shape:
+                        raise ValueError(
+                            f"cannot share {attr} of {adapter!r} {tuple(own.shape)} with {reference_adapter_name!r} "
+                            f"{tuple(theirs.shape)}: the adapters need equal r, n_up_projection and targets"
+                        )
+            groups.append(proj)
+        for proj in groups:
+            ref = proj.loras[reference_adapter_name]
+            for adapter in adapter_names:
+                proj.loras[adapter].lora_A = ref.lora_A
+                proj.loras[adapter].lora_B = ref.lora_B
+            proj.__dict__[_STATE]["shares"][name] = (tuple(adapter_names), reference_adapter_name)
+
+    def unshare_parameters(self, target: ModelTarget, name: str) -> None:
+        """Give every adapter shared under ``name`` its own copy of the shared ``lora_A`` and ``lora_B``.
+
+        Raises:
+            ValueError: if nothing is shared under ``name``.
+        """
+        found = False
+        for proj in self._projections(target):
+            share = proj.__dict__[_STATE]["shares"].pop(name, None)
+            if share is None:
+                continue
+            found = True
+            names, reference = share
+            for adapter in names:
+                if adapter == reference or adapter not in proj.loras:
+                    continue
+                lora = proj.loras[adapter]
+                for attr in ("lora_A", "lora_B"):
+                    param = getattr(lora, attr)
+                    setattr(lora, attr, nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad))
+        if not found:
+            known = sorted({s for p in self._projections(target) for s in p.__dict__[_STATE]["shares"]})
+            raise ValueError(f"no parameters are shared under the name {name!r}; shared names: {known}")
+
+
+def _check_dora_first(
+    block: object,
+    here: frozenset[str],
+    dora: set[str],
+    before: str | None,
+    setup: AdapterCompositionBlock,
+    proj: nn.Module,
+) -> str | None:
+    """Walk ``block`` at one projection (``here``: the setup's adapters present there); ``before`` names an
+    adapter that may already have run at this point. Returns the same after the block.
+
+    Raises:
+        ValueError: when a DoRA adapter may run after another adapter.
+    """
+    if block is None:
+        return before
+    if isinstance(block, str):
+        if block not in here:
+            return before
+        if block in dora and before is not None:
+            raise ValueError(
+                f"DoRA adapter {block!r} runs after adapter {before!r} at {type(proj).__name__} projection "
+                f"(layer {proj.__dict__[_STATE]['layer_idx']}) in {setup!r}; a DoRA adapter rescales the projection "
+                "output W x + b by m / ||W + dW|| and must be the first adapter at its projection: put it first in "
+                "the Stack or use it alone (BatchSplit, Parallel, MultiTask, Split and Average keep their children "
+                "apart)"
+            )
+        return block
+    if isinstance(block, Stack):
+        for child in block:
+            before = _check_dora_first(child, here, dora, before, setup, proj)
+        return before
+    # blocks whose children each start from the same state (rows, tokens, Average)
+    after = before
+    for child in block:  # type: ignore[attr-defined]
+        ran = _check_dora_first(child, here, dora, before, setup, proj)
+        after = after if ran is None else ran
+    return after
+
+
+def _add_shared_vera(
+    target: ModelTarget,
+    adapter_name: str,
+    config: LoRAConfig,
+    sites: Sequence[tuple[int, str, tuple[str, ...] | None, nn.Module]],
+    generator: torch.Generator | None,
+) -> nn.ParameterDict:
+    """Create VeRA's frozen random ``lora_A`` (r x in_max) and ``lora_B`` (out_max x r) for one adapter in
+    ``base_model.shared_parameters[adapter_name]`` (AdapterHub's place and keys), sized for the largest
+    projection it adapts and initialised as ``config.init_weights`` says."""
+    shapes = [_shape(proj) for *_, proj in sites]
+    in_max = max(i for i, _ in shapes)
+    out_max = max(o // 3 if matrices else o for (_, o), (_, _, matrices, _) in zip(shapes, sites, strict=True))
+    dtype = getattr(torch, config.dtype) if config.dtype else None
+    a = torch.zeros(config.r, in_max, dtype=dtype)
+    b = torch.zeros(out_max, config.r, dtype=dtype)
+    if generator is not None:
+        generator.manual_seed(config.init_weights_seed)
+    if config.init_weights == "lora":
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+    elif config.init_weights == "bert":
+        nn.init.normal_(a, std=0.02, generator=generator)
+        nn.init.normal_(b, std=0.02, generator=generator)
+    elif config.init_weights == "ia3":
+        nn.init.ones_(a)
+        nn.init.ones_(b)
+    else:  # vera
+        nn.init.kaiming_uniform_(a, generator=generator)
+        nn.init.kaiming_uniform_(b, generator=generator)
+    weight = sites[0][3].weight
+    shared = nn.ParameterDict(
+        {
+            "lora_A": nn.Parameter(a, requires_grad=False),
+            "lora_B": nn.Parameter(b, requires_grad=False),
+        }
+    ).to(device=weight.device, dtype=dtype or weight.dtype)
+    store = getattr(target.base_model, _SHARED, None)
+    if store is None:
+        store = nn.ModuleDict()
+        target.base_model.add_module(_SHARED, store)
+    store[adapter_name] = shared
+    return shared
+
+
+def _original_weight_oi(proj: nn.Module) -> torch.Tensor:
+    """The projection's ``(out, in)`` weight without any merged adapter."""
+    state = proj.__dict__.get(_STATE)
+    weight = state["backup"][0] if state is not None and state["merged"] is not None else proj.weight
+    return weight.t() if isinstance(proj, Conv1D) else weight
+
 
 def _add_module(found: LayerModules, idx: int, location: str, module: nn.Module) -> None:
     """Record ``module``; several modules at one location become an ``nn.ModuleList`` (as in AdapterHub)."""
@@ -400,6 +943,9 @@ def _merge(proj: nn.Module, name: str) -> None:
     state: dict[str, Any] = proj.__dict__[_STATE]
     transposed = isinstance(proj, Conv1D)  # Conv1D stores (in, out)
     with torch.no_grad():
+        if lora.is_dora:  # before the backup: a gated DoRA adapter fails here and changes nothing
+            dw = lora.delta_weight().to(proj.weight.dtype)
+            f = lora.dora_scale(_weight_oi(proj)).to(proj.weight.dtype)
         state["backup"] = (
             proj.weight.detach().clone(),
             None if proj.bias is None else proj.bias.detach().clone(),
@@ -407,6 +953,10 @@ def _merge(proj: nn.Module, name: str) -> None:
         if isinstance(lora, IA3):
             f = lora.factor_vector().to(proj.weight.dtype)
             proj.weight.mul_(f if transposed else f[:, None])
+            if proj.bias is not None:
+                proj.bias.mul_(f)
+        elif lora.is_dora:  # W <- f (W + s dW), b <- f b with f = m / ||W + dW||: the forward's formula
+            proj.weight.add_(dw.t() if transposed else dw).mul_(f if transposed else f[:, None])
             if proj.bias is not None:
                 proj.bias.mul_(f)
         else:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..composition import AdapterCompositionBlock, AdapterSetupSpec, Fuse, parse_composition
+from ..composition import AdapterCompositionBlock, AdapterSetupSpec, Fuse, MultiTask, parse_composition
 from ..configs import DEFAULT_ADAPTER_CONFIG, AdapterConfig
 from ..context import checkpoint_context_fn
 from ..integration.architectures import ArchitectureSpec
@@ -146,6 +146,8 @@ class ModelAdaptersMixin(FusionMixin):
         if setup is None:
             return
         self._validate_block(setup, ())
+        for method in registered_methods():
+            method.validate_setup(self._adapter_target, setup, self.adapters_config.adapters)
 
     def _validate_block(self, block: AdapterCompositionBlock, parents: tuple[AdapterCompositionBlock, ...]) -> None:
         enclosing = (*parents, block)
@@ -267,6 +269,65 @@ class ModelAdaptersMixin(FusionMixin):
         if eject is None:
             raise ValueError(f"adapter {name!r} is a {method.name} adapter; only prefix tuning adapters can be ejected")
         self.adapters_config.add(name, eject(self._adapter_target, name, config))
+
+    # ---- parameter sharing (MTL-LoRA) ------------------------------------------------------
+    def share_parameters(
+        self,
+        adapter_names: MultiTask | list[str] | str,
+        name: str | None = None,
+        reference_adapter_name: str | None = None,
+    ) -> None:
+        """Let adapters share parameters (AdapterHub's API; MTL-LoRA tasks share ``lora_A`` and ``lora_B``).
+
+        Args:
+            adapter_names: the adapters, as a `MultiTask` block, a list or a comma-separated string.
+            name: the name of the sharing (default: the names joined by ``","``), for `unshare_parameters`.
+            reference_adapter_name: whose current values all of them take (default: the first).
+
+        Raises:
+            ValueError: for an unknown adapter, an empty list, a reference not in the list, or a method that
+                cannot share parameters.
+            TypeError: for adapters whose configs are not multi-task configs (`MultiTaskConfig`).
+        """
+        names = _sharing_names(adapter_names)
+        method = self._sharing_method(names, "share_parameters")
+        method.share_parameters(  # type: ignore[attr-defined]
+            self._adapter_target,
+            names,
+            self.adapters_config.adapters,
+            name or ",".join(names),
+            reference_adapter_name or names[0],
+        )
+
+    def unshare_parameters(self, adapter_names: MultiTask | list[str] | str, name: str | None = None) -> None:
+        """Undo `share_parameters`: every adapter gets its own copy of the shared values.
+
+        Args:
+            adapter_names: as given to `share_parameters`.
+            name: the sharing's name (default: the names joined by ``","``).
+
+        Raises:
+            ValueError: for an unknown adapter or if nothing is shared under that name.
+        """
+        names = _sharing_names(adapter_names)
+        method = self._sharing_method(names, "unshare_parameters")
+        method.unshare_parameters(self._adapter_target, name or ",".join(names))  # type: ignore[attr-defined]
+
+    def _sharing_method(self, names: list[str], operation: str) -> AdapterMethod:
+        if not names:
+            raise ValueError(f"{operation} needs at least one adapter name")
+        methods = []
+        for adapter in names:
+            config = self.adapters_config.get(adapter)
+            if config is None:
+                raise ValueError(f"no adapter named {adapter!r}; this model has {sorted(self.adapters_config)}")
+            methods.append(method_for(config))
+        if any(m is not methods[0] for m in methods) or not hasattr(methods[0], operation):
+            raise ValueError(
+                f"adapters {names} ({sorted({m.name for m in methods})}) cannot share parameters; "
+                "share_parameters is for multi-task adapters of one method (e.g. MTLLoRAConfig)"
+            )
+        return methods[0]
 
     # ---- devices and summary ---------------------------------------------------------------
     def adapter_to(
@@ -424,6 +485,15 @@ class ModelAdaptersMixin(FusionMixin):
         """transformers' ``save_pretrained``, with the adapters recorded in ``config.json["adapters"]``."""
         self.config.adapters = self.adapters_config.to_dict()  # type: ignore[attr-defined]
         super().save_pretrained(save_directory, **kwargs)  # type: ignore[misc]
+
+
+def _sharing_names(adapter_names: MultiTask | list[str] | str) -> list[str]:
+    """Adapter names from a `MultiTask` block, a list or a comma-separated string."""
+    if isinstance(adapter_names, MultiTask):
+        return [c for c in adapter_names.children if isinstance(c, str)]
+    if isinstance(adapter_names, str):
+        return [n.strip() for n in adapter_names.split(",") if n.strip()]
+    return list(adapter_names)
 
 
 def _check_name(name: str) -> None:

@@ -1,0 +1,89 @@
+"""More methods give AdapterHub's numbers: adapters saved by adapters==1.3.0
+(tests/fixtures/golden/methods, made by make_golden_methods.py; see the "Method fixtures" section of
+tests/fixtures/golden/README.md) load unchanged and reproduce AdapterHub's hidden states and head
+logits to 1e-5.
+
+Table-driven: add an ``(arch, case)`` pair to ``CASES`` for a fixture with one adapter ``a`` and head
+``a`` (``expected.safetensors`` with ``last_hidden_state`` and ``logits``); cases with several adapters
+get their own table and test (``MTL_CASES``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adapterkit import AutoAdapterModel, MultiTask
+
+GOLDEN = Path(__file__).parents[1] / "fixtures" / "golden"
+METHODS = GOLDEN / "methods"
+
+CASES: list[tuple[str, str]] = [
+    # LoRA family (DoRA: the norm uses the unscaled B A, the bias is rescaled; VeRA: AdapterHub's
+    # vera_D / vera_B are dense trained matrices, loaded in that form)
+    ("bert", "dora"),
+    ("llama", "dora"),
+    ("bert", "dora_alpha16"),
+    ("llama", "dora_alpha16"),
+    ("bert", "vera"),
+    ("llama", "vera_q"),
+    ("bert", "dvora"),
+    ("llama", "dvora_q"),
+]
+
+MTL_CASES: list[tuple[str, str]] = [("bert", "mtl_lora"), ("llama", "mtl_lora")]
+
+
+def _base(arch: str):
+    return AutoAdapterModel.from_pretrained(GOLDEN / arch / "base", attn_implementation="eager").eval()
+
+
+def _inputs(expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"input_ids": expected["input_ids"], "attention_mask": expected["attention_mask"]}
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+
+
+def _load(model, path: Path, name: str) -> None:
+    info: dict = {}
+    assert model.load_adapter(path, load_as=name, loading_info=info) == name
+    assert info == {"missing_keys": [], "unexpected_keys": []}
+
+
+@pytest.mark.parametrize(("arch", "case"), CASES)
+def test_adapterhub_adapter_reproduces_outputs(arch, case):
+    model = _base(arch)
+    expected = load_file(METHODS / arch / case / "expected.safetensors")
+    _load(model, METHODS / arch / case, "a")
+    model.set_active_adapters("a")
+    inputs = _inputs(expected)
+    with torch.no_grad():
+        _close(model.base_model(**inputs).last_hidden_state, expected["last_hidden_state"])
+        _close(model(**inputs).logits, expected["logits"])
+
+
+@pytest.mark.parametrize(("arch", "case"), MTL_CASES)
+def test_adapterhub_multitask_adapters_reproduce_outputs(arch, case):
+    """Two MTL-LoRA task adapters t0, t1 (saved with their shared A and B), shared again after loading,
+    run as ``MultiTask("t0", "t1")`` with ``task_ids``; each task alone too."""
+    model = _base(arch)
+    expected = load_file(METHODS / arch / case / "expected.safetensors")
+    for task in ("t0", "t1"):
+        _load(model, METHODS / arch / case / task, task)
+    model.share_parameters(MultiTask("t0", "t1"))
+    model.set_active_adapters(MultiTask("t0", "t1"))
+    inputs = _inputs(expected)
+    task_ids = expected["task_ids"]
+    with torch.no_grad():
+        _close(model.base_model(**inputs, task_ids=task_ids).last_hidden_state, expected["last_hidden_state"])
+        for task in ("t0", "t1"):
+            _close(model(**inputs, task_ids=task_ids, head=task).logits, expected[f"logits.{task}"])
+        for task in ("t0", "t1"):
+            model.set_active_adapters(task)
+            _close(model.base_model(**inputs).last_hidden_state, expected[f"last_hidden_state.{task}"])
+
