@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapterkit import Parallel, SeqBnConfig, Stack
+from adapterkit import AdapterSetup, Parallel, SeqBnConfig, Stack
 from tiny import randomize, tiny_inputs, tiny_model
 
 
@@ -94,3 +94,10 @@ def test_routed_rows_train_like_separate_batches(method):
     assert mixed.keys() == separate.keys() and mixed
     for key in mixed:
         torch.testing.assert_close(mixed[key], separate[key], atol=1e-5, rtol=1e-4)
+
+
+def test_adapter_setup_is_checked_before_the_forward():
+    model, seen = _model_with_batch_probe()
+    with AdapterSetup(Parallel("a", "nope")), pytest.raises(ValueError, match="no adapter named 'nope'"):
+        _forward(model)
+    assert seen == []

@@ -90,6 +90,7 @@ class ModelTarget:
         override = AdapterSetup.get_context()
         if override is not None:
             setup = override.adapter_setup
+            self.validate_setup(setup)  # as set_active_adapters does, before anything runs
         routing = extra.get("adapter_names")
         if routing is None:
             routing = _ROUTING.get()
