@@ -87,3 +87,55 @@ def test_adapterhub_multitask_adapters_reproduce_outputs(arch, case):
             model.set_active_adapters(task)
             _close(model.base_model(**inputs).last_hidden_state, expected[f"last_hidden_state.{task}"])
 
+
+# Bottleneck family and gating scores (Compacter / PHM layers, AdapterPlus with original_ln_after=False,
+# gated seq_bn, LoRA and prefix tuning): bert (post-LN), gpt2 and llama (pre-LN)
+BOTTLENECK_CASES: list[tuple[str, str]] = [
+    (arch, case)
+    for arch in ("bert", "gpt2", "llama")
+    for case in (
+        "compacter",  # double_seq_bn + PHM, shared rule, factorized W
+        "compacter_pp",  # seq_bn + PHM
+        "compacter_pp_shared_W",  # shared factorized W (phm_dim 2, rank 2)
+        "compacter_unshared_rule",  # per-layer factorized rule, unfactorized W
+        "adapterplus",  # the adapter output replaces the sub-block's LN(h + r) / h + r
+        "seq_bn_gating",  # gating.a.<layer>.output_adapter (3,)
+        "lora_gating",  # gating.a.<layer>.selfattn_lora (3, 2): q and v (gpt2: one 2-output gate)
+        "prefix_tuning_gating",  # gating.a.<layer>.self_prefix (3,): one shared key/value gate
+        "prefix_tuning_gating_unshared",  # gating.a.<layer>.self_prefix (3, 2): key and value gates
+    )
+]
+
+
+def _adapterhub_head_eps(model) -> None:
+    """AdapterHub's LM head LayerNorm reads only ``layer_norm_eps`` (gpt2 has ``layer_norm_epsilon``), so its
+    gpt2 head uses the default 1e-12; adapterkit's uses the model's 1e-5. Align it to compare the adapter."""
+    if model.config.model_type == "gpt2":
+        for module in model.heads["a"].modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.eps = 1e-12
+
+
+@pytest.mark.parametrize(("arch", "case"), BOTTLENECK_CASES)
+def test_adapterhub_bottleneck_family_and_gating_scores(arch, case):
+    model = _base(arch)
+    expected = load_file(METHODS / arch / case / "expected.safetensors")
+    _load(model, METHODS / arch / case, "a")
+    model.set_active_adapters("a")
+    _adapterhub_head_eps(model)
+    inputs = _inputs(expected)
+    gating = {k: v for k, v in expected.items() if k.startswith("gating.")}
+    with torch.no_grad():
+        out = model.base_model(**inputs, output_adapter_gating_scores=True)
+        _close(out.last_hidden_state, expected["last_hidden_state"])
+        _close(model(**inputs).logits, expected["logits"])
+        assert torch.equal(model.base_model(**inputs).last_hidden_state, out.last_hidden_state)
+    scores = out.adapter_gating_scores
+    assert {f"gating.{a}.{layer}.{loc}" for a in scores for layer in scores[a] for loc in scores[a][layer]} == set(
+        gating
+    )
+    for key, value in gating.items():
+        _, adapter, layer, location = key.split(".")
+        score = scores[adapter][int(layer)][location]
+        assert score.shape == tuple(value.shape)
+        _close(torch.from_numpy(score), value)

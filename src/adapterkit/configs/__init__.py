@@ -1,7 +1,15 @@
 """Adapter configuration classes, aliases, config strings and hashing."""
 
 from .base import AdapterConfig
-from .bottleneck import BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
+from .bottleneck import (
+    AdapterPlusConfig,
+    BnConfig,
+    CompacterConfig,
+    CompacterPlusPlusConfig,
+    DoubleSeqBnConfig,
+    ParBnConfig,
+    SeqBnConfig,
+)
 from .fusion import (
     ADAPTERFUSION_CONFIG_MAP,
     DEFAULT_ADAPTERFUSION_CONFIG,
@@ -35,7 +43,10 @@ __all__ = [
     "DEFAULT_ADAPTER_CONFIG",
     "AdapterConfig",
     "AdapterFusionConfig",
+    "AdapterPlusConfig",
     "BnConfig",
+    "CompacterConfig",
+    "CompacterPlusPlusConfig",
     "DoRAConfig",
     "DoubleSeqBnConfig",
     "DvoRAConfig",

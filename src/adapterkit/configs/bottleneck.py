@@ -1,4 +1,5 @@
-"""Bottleneck adapter configs (`BnConfig`) and their presets (Pfeiffer, Houlsby, parallel)."""
+"""Bottleneck adapter configs (`BnConfig`) and their presets (Pfeiffer, Houlsby, parallel, Compacter,
+AdapterPlus)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from .base import AdapterConfig, check_choice, check_type
 _INIT_WEIGHTS = ("bert", "mam_adapter", "houlsby")
 _RESIDUAL_BEFORE_LN = (True, False, "post_add")
 _INV_ADAPTERS = (None, "nice", "glow")
+_HYPERCOMPLEX_INITS = ("glorot-uniform", "glorot-normal", "normal", "phm")
+_PHM_C_INITS = ("normal", "uniform")
 
 
 @dataclass(eq=False)
@@ -33,6 +36,12 @@ class BnConfig(AdapterConfig):
         is_parallel: run the adapter in parallel to the sub-block (He et al., 2021).
         scaling: float, ``"learned"`` (a scalar parameter) or ``"channel"`` (one per hidden unit).
         leave_out: layer ids that get no adapter.
+        phm_layer: Compacter: parameterized hypercomplex multiplication layers (`methods.phm`) instead of
+            ``nn.Linear`` for the down and up projections; configured by the ``phm_*`` keys,
+            ``factorized_phm_W``, ``shared_W_phm``, ``shared_phm_rule``, ``factorized_phm_rule``,
+            ``learn_phm`` and ``hypercomplex_nonlinearity`` (see docs/bottleneck_family.md).
+        stochastic_depth: probability of dropping the adapter branch for a whole sample while training
+            (DropPath, "row" mode; AdapterPlus uses 0.1).
 
     Raises:
         ValueError: for a value outside what a key allows, naming the key and the allowed values.
@@ -127,6 +136,27 @@ class BnConfig(AdapterConfig):
             raise ValueError(
                 f"BnConfig.non_linearity={self.non_linearity!r} is not allowed; expected a name or None"
             )
+        sd = self.stochastic_depth
+        if sd is not None and (not isinstance(sd, (int, float)) or isinstance(sd, bool) or not 0.0 <= sd <= 1.0):
+            raise ValueError(f"BnConfig.stochastic_depth={sd!r} is not allowed; expected a number in [0, 1]")
+        if self.phm_layer:
+            self._validate_phm()
+
+    def _validate_phm(self) -> None:
+        """The ``phm_*`` keys, checked only when ``phm_layer`` is on (AdapterHub ignores them otherwise)."""
+        for key in ("phm_dim", "phm_rank"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"BnConfig.{key}={value!r} is not allowed; expected a positive integer")
+        for key in (
+            "factorized_phm_W", "shared_W_phm", "shared_phm_rule", "factorized_phm_rule", "learn_phm", "phm_bias"
+        ):
+            check_type(self, key, (bool,), "True or False")
+        rng = self.phm_init_range
+        if not isinstance(rng, (int, float)) or isinstance(rng, bool) or rng <= 0:
+            raise ValueError(f"BnConfig.phm_init_range={rng!r} is not allowed; expected a positive number")
+        check_choice(self, "hypercomplex_nonlinearity", _HYPERCOMPLEX_INITS)
+        check_choice(self, "phm_c_init", _PHM_C_INITS)
 
     def reduction_factor_for(self, layer_idx: int) -> float:
         """The reduction factor of layer ``layer_idx``.
@@ -192,3 +222,47 @@ class ParBnConfig(BnConfig):
     init_weights: str = "mam_adapter"
     is_parallel: bool = True
     scaling: float | str = 4.0
+
+
+@dataclass(eq=False)
+class CompacterConfig(DoubleSeqBnConfig):
+    """Compacter (Mahabadi et al., 2021): Houlsby's two adapters with PHM projections; alias ``compacter``.
+
+    With the default ``reduction_factor=32`` the bottleneck (hidden size // 32) must be a multiple of
+    ``phm_dim`` (4): hidden size 768 gives 24. Small models need a smaller reduction factor.
+    """
+
+    phm_layer: bool = True
+    reduction_factor: float | Mapping = 32
+    non_linearity: str | None = "gelu"
+
+
+@dataclass(eq=False)
+class CompacterPlusPlusConfig(SeqBnConfig):
+    """Compacter++ (Mahabadi et al., 2021): one adapter after the FFN with PHM projections; alias ``compacter++``."""
+
+    phm_layer: bool = True
+    reduction_factor: float | Mapping = 32
+    non_linearity: str | None = "gelu"
+
+
+@dataclass(eq=False)
+class AdapterPlusConfig(BnConfig):
+    """AdapterPlus (Steitz & Roth, 2024, https://arxiv.org/abs/2406.06820).
+
+    One adapter after the FFN on ``z = LN(h + r)`` (the sub-block's own norm, applied once, before the
+    adapter): ``out = z + scaling * drop_path(up(gelu(down(z))))`` with per-channel scaling, Houlsby
+    initialisation and stochastic depth 0.1; ``out`` replaces the sub-block's output
+    (``original_ln_after=False``). AdapterHub has no alias for it.
+    """
+
+    original_ln_after: bool = False
+    original_ln_before: bool = True
+    residual_before_ln: bool | str = False
+    stochastic_depth: float | None = 0.1
+    init_weights: str = "houlsby"
+    scaling: float | str = "channel"
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    reduction_factor: float | Mapping = 96
+    non_linearity: str | None = "gelu"

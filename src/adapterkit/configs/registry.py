@@ -10,7 +10,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .base import AdapterConfig
-from .bottleneck import BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
+from .bottleneck import (
+    BnConfig,
+    CompacterConfig,
+    CompacterPlusPlusConfig,
+    DoubleSeqBnConfig,
+    ParBnConfig,
+    SeqBnConfig,
+)
 from .lora import DoRAConfig, DvoRAConfig, IA3Config, LoRAConfig, MTLLoRAConfig, VeraConfig
 from .prefix_tuning import PrefixTuningConfig
 
@@ -23,6 +30,8 @@ ADAPTER_CONFIG_MAP: dict[str, Callable[[], AdapterConfig]] = {
     "parallel": ParBnConfig,
     "scaled_par_bn": lambda: ParBnConfig(scaling="learned"),
     "scaled_parallel": lambda: ParBnConfig(scaling="learned"),
+    "compacter": CompacterConfig,
+    "compacter++": CompacterPlusPlusConfig,
     "lora": LoRAConfig,
     "ia3": IA3Config,
     "vera": VeraConfig,

@@ -31,6 +31,7 @@ FORWARD_ARGUMENTS = (
     "adapter_names",  # one adapter name, block or None per row: per-row routing
     "task_ids",  # per-row child index or name for MultiTask
     "output_adapter_fusion_attentions",
+    "output_adapter_gating_scores",  # gated adapters record their gates (methods.gating)
     "adapter_input_parallelized",  # the batch is already replicated for Parallel (generate does this)
 )
 _BATCH_INPUTS = ("input_ids", "inputs_embeds", "attention_mask", "pixel_values", "input_features")
@@ -99,6 +100,9 @@ class ModelTarget:
             groups = self._row_groups(routing, _batch_size(kwargs or {}))
         ctx = ForwardContext(setup, skip_layers, row_groups=groups, task_ids=extra.get("task_ids"))
         ctx.options["output_adapter_fusion_attentions"] = bool(extra.get("output_adapter_fusion_attentions"))
+        if extra.get("output_adapter_gating_scores"):
+            ctx.options["output_adapter_gating_scores"] = True
+            ctx.outputs["adapter_gating_scores"] = {}  # present (maybe empty) whenever asked for, as in AdapterHub
         if ctx.parallel_channels > 1 and (extra.get("adapter_input_parallelized") or _INPUT_PARALLELIZED.get()):
             ctx.replicated = True
         ctx.enter(owner)

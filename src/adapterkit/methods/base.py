@@ -95,6 +95,11 @@ class AdapterMethod(ABC):
     def modules(self, target: ModelTarget, adapter_name: str) -> LayerModules:
         """``{layer_idx: {location_key: module}}`` of the modules of ``adapter_name``."""
 
+    def shared_modules(self, target: ModelTarget, adapter_name: str) -> list[nn.Module]:
+        """Modules of ``adapter_name`` that belong to no layer (e.g. parameters all its layers share, kept at
+        the base model's ``shared_parameters``); they train, count and move with the adapter. [] by default."""
+        return []
+
     def merge(self, target: ModelTarget, adapter_name: str) -> None:
         """Fold ``adapter_name`` into the base weights.
 

@@ -1,24 +1,29 @@
-"""Bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2020; He et al., 2021).
+"""Bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2020; He et al., 2021), Compacter
+(Mahabadi et al., 2021; PHM projections from `methods.phm`) and AdapterPlus (Steitz & Roth, 2024).
 
 A sequential adapter maps the sub-block output ``h`` (with residual stream ``r``) to
 
     x   = LN(h + r)              if original_ln_before (just h + r in pre-LN models), else h
-    out = up(act(down(x))) * scaling + residual       residual per ``residual_before_ln``
+    out = drop_path(up(act(down(x)))) * scaling + residual       residual per ``residual_before_ln``
 
 and the model then applies its own ``LN(out + r)`` (or ``out + r``), which is AdapterHub's
-``original_ln_after=True``. A parallel adapter computes ``up(act(down(r))) * scaling`` from the
-sub-block input and adds it to ``h``.
+``original_ln_after=True``. With ``original_ln_after=False`` ``out`` is the sub-block's result
+itself. A parallel adapter computes ``up(act(down(r))) * scaling`` from the sub-block input and adds
+it to ``h``.
 
 Attachment: a forward pre-hook on the table's ``residual_input`` module captures ``r``; a forward
 hook on the ``output`` module replaces ``h`` by the adapter output, so the model's own residual
-add and layer norm finish the computation. No model code is copied.
+add and layer norm finish the computation. No model code is copied. ``original_ln_after=False``
+(when the last adapter of the setup at a site has it): pre-LN models get ``out - r`` from the hook,
+so the model's residual add gives ``out``; post-LN models get a forward hook on the sub-block's norm
+that replaces its output by ``out`` (computed from the norm's own input ``h + r`` and output).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -26,18 +31,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from transformers.activations import get_activation
 
 from ..composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack
 from ..configs import BnConfig
-from ..context import ForwardContext
+from ..context import ForwardContext, RowGroups
 from ..integration.modules import first_input, get_or_create_host, main_output, with_main_output
 from ..integration.target import ModelTarget
 from .base import AdapterMethod, LayerModules, active_in_order, composed_here, register_method
-from .compose import Composer, SiteState, run_setup
+from .compose import Composer, SiteState, run_setup, touches
+from .gating import GatingKey, store_gating_score
+from .phm import PHMLayer, SharedPHMParameters
+from .shared import SHARED_ATTRIBUTE, delete_shared, get_shared, set_shared
 
 LOCATIONS = {"mh_adapter": "attention", "output_adapter": "ffn"}
 _HANDLES = "_adapterkit_bottleneck_hooks"
+_SITE = "_adapterkit_bottleneck_site"
 FUSION_ATTRIBUTE = "adapter_fusion_layer"
 """Attribute of a bottleneck host holding its AdapterFusion layers (see `methods.fusion`); state-dict
 keys contain ``.adapter_fusion_layer.<fusion name>.``."""
@@ -68,19 +78,39 @@ class BottleneckAdapter(nn.Module):
         bottleneck_size: width of the down-projection (at least 1).
         config: the adapter's config.
         generator: random source for initialisation (seeded when ``init_weights_seed`` is set).
+        shared: the adapter's shared PHM parameters (``phm_layer`` with ``shared_phm_rule`` or ``shared_W_phm``).
+
+    Attributes:
+        gating_key: (adapter, layer, location) under which the gate is reported (``use_gating``).
+
+    Raises:
+        ValueError: for PHM layers whose sizes ``phm_dim`` does not divide.
     """
 
     def __init__(
-        self, input_size: int, bottleneck_size: int, config: BnConfig, generator: torch.Generator | None
+        self,
+        input_size: int,
+        bottleneck_size: int,
+        config: BnConfig,
+        generator: torch.Generator | None,
+        shared: SharedPHMParameters | None = None,
     ):
         super().__init__()
         self.config = config
+        self.gating_key: GatingKey | None = None
+        self.stochastic_depth = float(config.stochastic_depth or 0.0)
+        size = max(1, bottleneck_size)
         down: list[nn.Module] = []
         if config.ln_before:
             down.append(nn.LayerNorm(input_size))
-        down += [nn.Linear(input_size, max(1, bottleneck_size)), Activation(config.non_linearity)]
+        if config.phm_layer:
+            down.append(PHMLayer(input_size, size, "down", config, shared, generator))
+            self.adapter_up: nn.Module = PHMLayer(size, input_size, "up", config, shared, generator)
+        else:
+            down.append(nn.Linear(input_size, size))
+            self.adapter_up = nn.Linear(size, input_size)
+        down.append(Activation(config.non_linearity))
         self.adapter_down = nn.Sequential(*down)
-        self.adapter_up = nn.Linear(max(1, bottleneck_size), input_size)
         if config.scaling == "learned":
             self.scaling: Any = nn.Parameter(torch.ones(1))
         elif config.scaling == "channel":
@@ -95,7 +125,9 @@ class BottleneckAdapter(nn.Module):
         self._init_weights(generator)
 
     def _init_weights(self, g: torch.Generator | None) -> None:
-        linears = [m for m in self.adapter_down if isinstance(m, nn.Linear)] + [self.adapter_up]
+        """``init_weights`` for the ``nn.Linear`` projections and the gate; PHM layers keep their own
+        initialisation (`methods.phm`) whatever ``init_weights`` says."""
+        linears = [m for m in [*self.adapter_down, self.adapter_up] if isinstance(m, nn.Linear)]
         kind = self.config.init_weights
         with torch.no_grad():
             if kind == "bert":
@@ -103,11 +135,12 @@ class BottleneckAdapter(nn.Module):
                     nn.init.normal_(m.weight, 0.0, 0.02, generator=g)
                     nn.init.zeros_(m.bias)
             elif kind == "mam_adapter":
-                for m in linears[:-1]:
-                    nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)
+                for m in linears:
+                    if m is self.adapter_up:
+                        nn.init.zeros_(m.weight)
+                    else:
+                        nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)
                     nn.init.zeros_(m.bias)
-                nn.init.zeros_(self.adapter_up.weight)
-                nn.init.zeros_(self.adapter_up.bias)
                 if self.config.use_gating:
                     nn.init.normal_(self.gate.weight, 0.0, 0.02, generator=g)
                     nn.init.zeros_(self.gate.bias)
@@ -117,11 +150,17 @@ class BottleneckAdapter(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def adapter_input(
-        self, h: torch.Tensor, r: torch.Tensor, layer_norm: nn.Module | None, summed: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        r: torch.Tensor,
+        layer_norm: nn.Module | None,
+        summed: torch.Tensor | None = None,
+        normed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(adapter input x, adapter residual) from sub-block output ``h`` and residual stream ``r``.
 
-        ``summed``, when given, is ``h + r`` already computed by the model.
+        ``summed``, when given, is ``h + r`` already computed by the model, and ``normed`` its
+        ``layer_norm(h + r)``.
         """
         cfg = self.config
         if cfg.is_parallel:
@@ -131,16 +170,20 @@ class BottleneckAdapter(nn.Module):
             h = summed if summed is not None else h + r
             if cfg.residual_before_ln == "post_add":
                 residual = h
-            if layer_norm is not None:
+            if normed is not None:
+                h = normed
+            elif layer_norm is not None:
                 h = layer_norm.forward(h)  # .forward: not through hooks (the norm carries one of ours)
         if cfg.residual_before_ln is False:
             residual = h
         return h, residual
 
     def up(self, x: torch.Tensor) -> torch.Tensor:
-        """``up(act(down(x))) * scaling``: the adapter's contribution before dropout, gate and residual
-        (what AdapterFusion attends over)."""
+        """``drop_path(up(act(down(x)))) * scaling``: the adapter's contribution before dropout, gate and
+        residual (what AdapterFusion attends over). Stochastic depth acts in training only."""
         out = self.adapter_up(self.adapter_down(x))
+        if self.stochastic_depth and self.training:
+            out = drop_path(out, self.stochastic_depth)
         if not (isinstance(self.scaling, float) and self.scaling == 1.0):  # skip a full pass for the default
             out = out * self.scaling
         return out
@@ -149,7 +192,9 @@ class BottleneckAdapter(nn.Module):
         """``up(act(down(x))) * scaling`` (+ residual for sequential adapters); ``up`` if computed already."""
         out = self.dropout(self.up(x) if up is None else up)
         if self.config.use_gating:
-            out = out * torch.sigmoid(self.gate(x)).mean(dim=1, keepdim=True)
+            gate = torch.sigmoid(self.gate(x)).mean(dim=1, keepdim=True)
+            out = out * gate
+            store_gating_score(self.gating_key, gate)
         if self.config.is_parallel:
             return self.adapter_norm_after(out) if self.config.ln_after else out
         if self.config.adapter_residual_before_ln:
@@ -171,16 +216,26 @@ class BottleneckAdapter(nn.Module):
         return (h if query_before_ln else x), residual
 
 
+def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Stochastic depth ("row" mode, as torchvision's ``StochasticDepth``): each sample's ``x`` is zeroed
+    with probability ``p`` and otherwise scaled by ``1 / (1 - p)``."""
+    survival = 1.0 - p
+    noise = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(survival)
+    if survival > 0.0:
+        noise.div_(survival)
+    return x * noise
+
+
 def apply_adapter(
     adapter: BottleneckAdapter, hidden: torch.Tensor, r: torch.Tensor, layer_norm: nn.Module | None,
-    summed: torch.Tensor | None = None,
+    summed: torch.Tensor | None = None, normed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One adapter on the running hidden state: (new hidden state, the adapter's up output).
 
     A sequential adapter replaces the hidden state by its output; a parallel adapter adds its
-    output to it (so stacked parallel adapters sum).
+    output to it (so stacked parallel adapters sum). ``summed``/``normed``: see `adapter_input`.
     """
-    x, residual = adapter.adapter_input(hidden, r, layer_norm, summed)
+    x, residual = adapter.adapter_input(hidden, r, layer_norm, summed, normed)
     up = adapter.up(x)
     out = adapter.forward(x, residual, up)
     return (hidden + out if adapter.config.is_parallel else out), up
@@ -188,12 +243,18 @@ def apply_adapter(
 
 @dataclass(eq=False)
 class _Site:
-    """One bottleneck location of one layer."""
+    """One bottleneck location of one layer.
+
+    ``ln_after_off`` names the adapters here with ``original_ln_after=False``; ``norm_hook`` is the forward
+    hook on a post-LN norm that replaces its output while there are such adapters.
+    """
 
     host: nn.Module
     layer_norm: nn.Module | None
     layer_idx: int
     location: str
+    ln_after_off: set[str] = field(default_factory=set)
+    norm_hook: RemovableHandle | None = None
 
 
 @dataclass
@@ -316,6 +377,12 @@ def _apply_adapters(site: _Site, module: nn.Module, args: tuple, output: Any) ->
         ctx.scratch[(site, "h")] = (h, names)  # type: ignore[union-attr]
         return None
     r = ctx.scratch.pop(site)  # type: ignore[union-attr]
+    if site.ln_after_off:
+        off = _ln_after_off_rows(ctx, site, names, h)  # type: ignore[arg-type]
+        if off is not False:
+            # original_ln_after=False: the model adds r to what we return, so the sum is the adapters' output
+            hidden = _adapters_output(site, names, h, r)
+            return with_main_output(output, hidden - r if off is True else torch.where(off, hidden - r, hidden))
     return with_main_output(output, _run(site, names, h, r, summed=None))
 
 
@@ -327,7 +394,122 @@ def _apply_before_norm(site: _Site, module: nn.Module, args: tuple) -> tuple | N
         return None
     h, names = pending
     r = ctx.scratch.pop(site)  # type: ignore[union-attr]
+    if site.ln_after_off:
+        off = _ln_after_off_rows(ctx, site, names, h)  # type: ignore[arg-type]
+        if off is not False:
+            ctx.scratch[(site, "out")] = (h, r, names, off)  # type: ignore[union-attr]  # see _replace_norm_output
+            return None
     return (_run(site, names, h, r, summed=args[0]), *args[1:])
+
+
+def _replace_norm_output(site: _Site, module: nn.Module, args: tuple, output: Any) -> Any:
+    """Forward hook on a post-LN norm, installed while an adapter here has ``original_ln_after=False``:
+    where the setup's last adapter is one, the adapters' output replaces the norm's ``LN(h + r)``. The norm's
+    input ``h + r`` and output are reused as the adapter's ``h + r`` and ``LN(h + r)`` (AdapterPlus needs both).
+    Rows whose last adapter keeps ``original_ln_after=True`` (in a Parallel, BatchSplit, ...) get ``LN(out + r)``.
+    """
+    ctx = ForwardContext.get_context()
+    pending = ctx.scratch.pop((site, "out"), None) if ctx is not None else None
+    if pending is None:
+        return None
+    h, r, names, off = pending
+    hidden = _adapters_output(site, names, h, r, summed=args[0], normed=output)
+    if off is True:
+        return hidden
+    return torch.where(off, hidden, module.forward(hidden + r))  # .forward: not through this hook again
+
+
+def _replace_norm_for(site: _Site, adapter_name: str) -> None:
+    """Record that ``adapter_name`` at ``site`` has ``original_ln_after=False``; a post-LN norm gets the
+    output hook (only while such adapters exist, so other setups pay nothing for it)."""
+    site.ln_after_off.add(adapter_name)
+    if site.layer_norm is not None and site.norm_hook is None:
+        site.norm_hook = site.layer_norm.register_forward_hook(partial(_replace_norm_output, site))
+
+
+def _keep_norm_for(site: _Site, adapter_name: str) -> None:
+    """Undo `_replace_norm_for` for ``adapter_name`` (removing the hook after the last such adapter)."""
+    site.ln_after_off.discard(adapter_name)
+    if not site.ln_after_off and site.norm_hook is not None:
+        site.norm_hook.remove()
+        site.norm_hook = None
+
+
+RowMask = bool | torch.Tensor
+"""One bool for all rows, or a ``(batch, 1, 1)`` bool tensor (broadcasts over tokens and channels)."""
+
+
+def _ln_after_off_rows(ctx: ForwardContext, site: _Site, names: list[str] | bool, h: torch.Tensor) -> RowMask:
+    """Which rows of ``h`` end in an adapter with ``original_ln_after=False`` at ``site``.
+
+    As in AdapterHub the last adapter of the setup decides (its ``post_forward``), but per row: the
+    channels of a Parallel, the splits of a BatchSplit and the groups of MultiTask or per-row routing
+    each follow their own last adapter (AdapterHub takes the last one of the whole batch).
+    """
+    if names is not True:
+        return names[-1] in site.ln_after_off  # type: ignore[index]
+    if ctx.row_groups is not None:
+        mask = _groups_mask(ctx, ctx.row_groups, h.shape[0], site, h.device)
+    else:
+        mask = _block_mask(ctx, ctx.setup, h.shape[0], site, h.device)
+    return mask if isinstance(mask, bool) else mask.view(-1, 1, 1)
+
+
+def _block_mask(ctx: ForwardContext, block: object, rows: int, site: _Site, device: torch.device) -> RowMask:
+    """`_ln_after_off_rows` for ``block`` (a name, None or a composition block) on ``rows`` rows."""
+    if block is None:
+        return False
+    if isinstance(block, str):
+        return block in site.ln_after_off
+    if isinstance(block, (Parallel, BatchSplit)):
+        sizes = list(block.batch_sizes) if isinstance(block, BatchSplit) else [rows // len(block)] * len(block)
+        parts = [_block_mask(ctx, c, n, site, device) for c, n in zip(block.children, sizes, strict=True)]
+        if all(isinstance(p, bool) for p in parts) and len(set(parts)) == 1:
+            return parts[0]
+        return torch.cat([torch.full((n,), p, device=device) if isinstance(p, bool) else p for p, n in zip(
+            parts, sizes, strict=True
+        )])
+    if isinstance(block, MultiTask):
+        groups = ctx.task_groups(block, rows)
+        return False if groups is None else _groups_mask(ctx, groups, rows, site, device)
+    for child in reversed(block.children):  # type: ignore[attr-defined]
+        if touches(child, site.host.adapters):  # Stack, Split, Average, Fuse: the last child that runs here
+            return _block_mask(ctx, child, rows, site, device)
+    return False
+
+
+def _groups_mask(ctx: ForwardContext, groups: RowGroups, rows: int, site: _Site, device: torch.device) -> RowMask:
+    parts = [_block_mask(ctx, t, len(idx), site, device) for t, idx in zip(groups.targets, groups.rows, strict=True)]
+    if all(isinstance(p, bool) for p in parts) and len(set(parts)) == 1:
+        return parts[0]
+    mask = torch.zeros(rows, dtype=torch.bool, device=device)
+    for part, idx in zip(parts, groups.rows, strict=True):
+        mask[idx.to(device)] = part if isinstance(part, bool) else part.view(-1)
+    return mask
+
+
+def _adapters_output(
+    site: _Site,
+    names: list[str] | bool,
+    h: torch.Tensor,
+    r: torch.Tensor,
+    summed: torch.Tensor | None = None,
+    normed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The adapters' output at ``site`` with no residual add or norm after it (``original_ln_after=False``).
+
+    ``summed``/``normed``: the model's ``h + r`` and ``LN(h + r)`` when known (see `adapter_input`).
+    """
+    if names is True:
+        ctx = ForwardContext.get_context()
+        return run_setup(ctx, BottleneckState(h, r), _BottleneckComposer(site)).hidden  # type: ignore[arg-type]
+    hidden = h
+    for name in names:  # type: ignore[union-attr]
+        first = hidden is h
+        hidden, _ = apply_adapter(
+            site.host.adapters[name], hidden, r, site.layer_norm, summed if first else None, normed if first else None
+        )
+    return hidden
 
 
 def _run(
@@ -370,12 +552,14 @@ class BottleneckMethod(AdapterMethod):
     module_attribute = "adapters"
     supported_blocks = (Stack, Fuse, Split, BatchSplit, Parallel, Average, MultiTask)
 
+    @property
+    def module_attributes(self) -> tuple[str, ...]:
+        """``adapters`` (per layer and location) and ``shared_parameters`` (Compacter's shared PHM tensors)."""
+        return ("adapters", SHARED_ATTRIBUTE)
+
     def _check(self, config: BnConfig) -> None:
         unsupported = {
-            "original_ln_after": (config.original_ln_after is False, "only True is available"),
-            "phm_layer": (config.phm_layer, "Compacter (PHM layers) is not available yet"),
             "inv_adapter": (config.inv_adapter is not None, "invertible adapters are not available yet"),
-            "stochastic_depth": (bool(config.stochastic_depth), "stochastic depth is not available yet"),
             "cross_adapter": (config.cross_adapter, "the supported architectures have no cross-attention"),
         }
         for key, (bad, why) in unsupported.items():
@@ -388,6 +572,7 @@ class BottleneckMethod(AdapterMethod):
         if config.init_weights_seed is not None:
             generator = torch.Generator().manual_seed(config.init_weights_seed)
         created: LayerModules = {}
+        shared = self._add_shared(target, adapter_name, config, generator)
         for idx, layer in enumerate(target.layers):
             if idx in config.leave_out:
                 continue
@@ -402,14 +587,49 @@ class BottleneckMethod(AdapterMethod):
                     generator.manual_seed(config.init_weights_seed)
                 size = int(target.hidden_size // config.reduction_factor_for(idx))
                 ref = next(layer.parameters())
-                adapter = BottleneckAdapter(target.hidden_size, size, config, generator).to(
+                adapter = BottleneckAdapter(target.hidden_size, size, config, generator, shared).to(
                     ref.device, ref.dtype
                 )
                 adapter.train(layer.training)
+                adapter.gating_key = (adapter_name, idx, location)
                 host.adapters[adapter_name] = adapter
                 self._ensure_hooks(target, idx, host, block, location)
+                if not config.original_ln_after:
+                    _replace_norm_for(getattr(host, _SITE), adapter_name)
                 created.setdefault(idx, {})[location] = adapter
         return created
+
+    def _add_shared(
+        self, target: ModelTarget, adapter_name: str, config: BnConfig, generator: torch.Generator | None
+    ) -> SharedPHMParameters | None:
+        """Create and register the PHM parameters all layers of ``adapter_name`` share, if it has any.
+
+        Raises:
+            ValueError: for shared PHM weights with bottleneck sizes that differ between layers.
+        """
+        if not (config.phm_layer and (config.shared_phm_rule or config.shared_W_phm)):
+            return None
+        layers = [i for i in range(len(target.layers)) if i not in config.leave_out]
+        if not layers or not (config.mh_adapter or config.output_adapter):
+            return None
+        sizes = {max(1, int(target.hidden_size // config.reduction_factor_for(i))) for i in layers}
+        if config.shared_W_phm and len(sizes) > 1:
+            raise ValueError(
+                f"BnConfig.shared_W_phm=True needs one bottleneck size in all layers, but reduction_factor="
+                f"{config.reduction_factor!r} gives sizes {sorted(sizes)}; use one reduction factor or "
+                "shared_W_phm=False"
+            )
+        if generator is not None:
+            generator.manual_seed(config.init_weights_seed)
+        ref = next(target.layers[layers[0]].parameters())
+        shared = SharedPHMParameters(target.hidden_size, min(sizes), config, generator).to(ref.device, ref.dtype)
+        set_shared(target, adapter_name, shared)
+        return shared
+
+    def shared_modules(self, target: ModelTarget, adapter_name: str) -> list[nn.Module]:
+        """The adapter's `SharedPHMParameters` (``base_model.shared_parameters[adapter_name]``), if any."""
+        shared = get_shared(target, adapter_name)
+        return [shared] if isinstance(shared, SharedPHMParameters) else []
 
     def _ensure_hooks(self, target: ModelTarget, idx: int, host: nn.Module, block: Any, location: str) -> None:
         if getattr(host, _HANDLES, None):
@@ -425,12 +645,18 @@ class BottleneckMethod(AdapterMethod):
         if norm is not None:
             handles.append(norm.register_forward_pre_hook(partial(_apply_before_norm, site)))
         object.__setattr__(host, _HANDLES, handles)
+        object.__setattr__(host, _SITE, site)
 
     def delete(self, target: ModelTarget, adapter_name: str) -> None:
         """Remove ``adapter_name`` everywhere, with the AdapterFusion layers that fuse it."""
+        if isinstance(get_shared(target, adapter_name), SharedPHMParameters):
+            delete_shared(target, adapter_name)
         for host in self._hosts(target):
             if adapter_name in host.adapters:
                 del host.adapters[adapter_name]
+            site = getattr(host, _SITE, None)
+            if site is not None:
+                _keep_norm_for(site, adapter_name)
             fusions = getattr(host, FUSION_ATTRIBUTE, None)
             if fusions is not None:
                 for fusion_name in [n for n, f in fusions.items() if adapter_name in f.adapter_names]:

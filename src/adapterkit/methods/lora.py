@@ -43,6 +43,7 @@ from ..context import ForwardContext, RowGroups
 from ..integration.target import ModelTarget
 from .base import AdapterMethod, LayerModules, active_in_order, composed_here, register_method
 from .compose import Composer, SiteState, run_setup
+from .gating import GatingKey, store_gating_score
 
 _QKV = ("q", "k", "v")
 _STATE = "_adapterkit_lora"  # per-projection state: layer index, hook handle, merged adapter, backup, shares
@@ -51,6 +52,9 @@ _SHARED = "shared_parameters"  # base-model ModuleDict of per-adapter shared ten
 
 class _LoRABase(nn.Module):
     """Shared shape bookkeeping: which output slices of the projection this adapter touches."""
+
+    gating_key: GatingKey | None = None
+    """(adapter, layer, location) under which `_gate` reports its gate (set by `LoRAMethod.add`)."""
 
     def __init__(self, out_per_group: int, matrices: tuple[str, ...] | None, config: LoRAConfig):
         super().__init__()
@@ -86,6 +90,7 @@ class _LoRABase(nn.Module):
     def _gate(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample gate in (0, 1), one per group, expanded over each group's outputs."""
         gate = torch.sigmoid(self.gate(x)).mean(dim=1, keepdim=True)  # (batch, 1, groups)
+        store_gating_score(self.gating_key, gate)
         return gate.repeat_interleave(self.out_per_group, dim=-1)
 
 
@@ -626,6 +631,7 @@ class LoRAMethod(AdapterMethod):
             lora = module_cls(in_features, out_per_group, matrices, config, generator, **extra)
             lora = lora.to(device=proj.weight.device, dtype=lora.dtype or proj.weight.dtype)
             lora.train(proj.training)
+            lora.gating_key = (adapter_name, idx, location)
             if not hasattr(proj, "loras"):
                 proj.loras = nn.ModuleDict()
             proj.loras[adapter_name] = lora

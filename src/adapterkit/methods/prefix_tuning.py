@@ -54,6 +54,7 @@ from ..integration.target import ModelTarget
 from .base import AdapterMethod, LayerModules, active_in_order, composed_here, register_method
 from .bottleneck import Activation
 from .compose import Composer, SiteState, run_setup
+from .gating import store_gating_score
 
 POOL_ATTRIBUTE = "prefix_tuning"
 """Attribute of the base model holding the `PrefixTuningPool`, and of each attention module holding its
@@ -280,6 +281,7 @@ class PrefixTuningLayer(nn.Module):
             if hidden is None:
                 raise RuntimeError(f"the gate of prefix {name!r} in layer {self.layer_idx} got no attention input")
             gate = torch.sigmoid(self.prefix_gates[name](hidden)).mean(dim=1)  # (batch, 1 or 2)
+            store_gating_score((name, self.layer_idx, self.location), gate)
             key = key * gate[:, 0].view(-1, 1, 1, 1)
             value = value * gate[:, -1].view(-1, 1, 1, 1)
         return key.to(like.dtype), value.to(like.dtype)

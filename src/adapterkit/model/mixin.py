@@ -112,9 +112,17 @@ class ModelAdaptersMixin(FusionMixin):
         config = self.adapters_config.get(name)
         return method_for(config).modules(self._adapter_target, name) if config is not None else {}
 
+    def _adapter_modules(self, name: str) -> list[nn.Module]:
+        """Every module of adapter ``name``: those in its layers and those its layers share."""
+        config = self.adapters_config.get(name)
+        if config is None:
+            return []
+        method = method_for(config)
+        modules = [m for per_layer in method.modules(self._adapter_target, name).values() for m in per_layer.values()]
+        return modules + method.shared_modules(self._adapter_target, name)
+
     def _adapter_parameters(self, name: str) -> list[nn.Parameter]:
-        modules = [m for per_layer in self.get_adapter(name).values() for m in per_layer.values()]
-        return [p for m in modules for p in m.parameters()]
+        return [p for m in self._adapter_modules(name) for p in m.parameters()]
 
     # ---- activation ------------------------------------------------------------------------
     def set_active_adapters(
@@ -334,9 +342,8 @@ class ModelAdaptersMixin(FusionMixin):
         self, name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> None:
         """Move and/or cast every module of adapter ``name``."""
-        for per_layer in self.get_adapter(name).values():
-            for module in per_layer.values():
-                module.to(device=device, dtype=dtype)
+        for module in self._adapter_modules(name):
+            module.to(device=device, dtype=dtype)
 
     def adapter_summary(self, as_dict: bool = False) -> str | list[dict[str, Any]]:
         """A table of adapters: name, method, parameter count, share of the base model, active, trainable.
