@@ -334,8 +334,8 @@ def test_dora_runs_first_and_later_adapters_act_on_its_output():
 
 def test_dora_at_forward_checks_order_and_merged_weights():
     model = _dora_lora_model()
-    with AdapterSetup(Stack("l", "d")):  # AdapterSetup blocks are not validated up front
-        with pytest.raises(RuntimeError, match="first adapter"):
+    with AdapterSetup(Stack("l", "d")):  # checked when the forward opens its context
+        with pytest.raises(ValueError, match="must be the first adapter"):
             _hidden(model)
     model.set_active_adapters("d")
     model.merge_adapter("l")
