@@ -84,11 +84,8 @@ class CausalLMHead(PredictionHead):
         """
         cfg = self.config
         emb_size = cfg["embedding_size"]
-        eps = (
-            getattr(self.model_config, "layer_norm_eps", None)
-            or getattr(self.model_config, "layer_norm_epsilon", None)
-            or 1e-12
-        )
+        # AdapterHub's rule (GPT-2's ``layer_norm_epsilon`` is not read), so its trained heads give its numbers
+        eps = getattr(self.model_config, "layer_norm_eps", 1e-12)
         for i in range(cfg["layers"] - 1):
             self.append(nn.Linear(self.hidden_size if i == 0 else emb_size, emb_size))
             if cfg["activation_function"]:
