@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).parents[1] / "docs"
-GUIDES = ["bottleneck_family.md", "composition.md", "fusion.md", "lora_family.md", "parallel_and_generation.md"]
+GUIDES = [
+    "bottleneck_family.md",
+    "composition.md",
+    "fusion.md",
+    "lora_family.md",
+    "methods.md",
+    "parallel_and_generation.md",
+]
 
 
 @pytest.mark.parametrize("guide", GUIDES)
