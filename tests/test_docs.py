@@ -15,6 +15,9 @@ GUIDES = [
     "lora_family.md",
     "methods.md",
     "parallel_and_generation.md",
+    "reft.md",
+    "invertible.md",
+    "prompt_tuning.md",
 ]
 
 

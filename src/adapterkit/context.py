@@ -117,6 +117,12 @@ class ForwardContext:
         scratch: values that hooks of one layer hand to each other, keyed by the hooks' owners.
         options: per-call flags such as ``output_adapter_fusion_attentions``.
         outputs: per-call results that hooks collect (fusion attentions, gating scores).
+        attention_mask: the forward's padding mask as given to the model (``(rows, tokens)``, 1 = real
+            token; a multiple-choice ``(batch, choices, tokens)`` mask is flattened to rows), or None.
+            Methods that extend the sequence (prompt tuning) keep it up to date.
+        head_rows: while a prediction head runs on some rows of the base model output (one head per
+            `Parallel` channel, `BatchSplit` part or routed group), those rows (a slice or an index
+            tensor); None while a head sees every row.
     """
 
     def __init__(
@@ -149,6 +155,8 @@ class ForwardContext:
         self.scratch: dict[Any, Any] = {}
         self.options: dict[str, Any] = {}
         self.outputs: dict[str, Any] = {}
+        self.attention_mask: torch.Tensor | None = None
+        self.head_rows: slice | torch.Tensor | None = None
         self._task_groups: dict[int, RowGroups] = {}
         self._token: Token | None = None
         self._owner: object | None = None

@@ -10,6 +10,8 @@ get their own table and test (``MTL_CASES``).
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,66 @@ def test_adapterhub_bottleneck_family_and_gating_scores(arch, case):
         score = scores[adapter][int(layer)][location]
         assert score.shape == tuple(value.shape)
         _close(torch.from_numpy(score), value)
+
+
+# ReFT (LoReFT through torch's orthogonal parametrization, whose saved `original` and `base` load as they are),
+# invertible adapters (NICE on the embeddings; the inverse runs inside the causal LM head of gpt2/llama) and prompt
+# tuning (bert only: AdapterHub refuses it on gpt2/llama; the hidden states are 3 x 13 with the 4-token prompt)
+REFT_INV_PROMPT_CASES: list[tuple[str, str]] = [
+    *(
+        (arch, case)
+        for arch in ("bert", "gpt2", "llama")
+        for case in (
+            "loreft",  # prefix_positions 3, r 1, orthogonal
+            "noreft",
+            "loreft_prefix_suffix",  # suffix positions overlap a prefix position in the 5-token row
+            "noreft_layer1_tanh",  # layers=[1], tanh
+            "seq_bn_inv",
+            "double_seq_bn_inv",
+        )
+    ),
+    ("bert", "prompt_tuning"),  # combine="prefix": the head reads the first prompt vector
+    ("bert", "prompt_tuning_after_bos"),
+]
+
+
+@pytest.mark.parametrize(("arch", "case"), REFT_INV_PROMPT_CASES)
+def test_adapterhub_reft_invertible_and_prompt_adapters(arch, case):
+    model = _base(arch)
+    expected = load_file(METHODS / arch / case / "expected.safetensors")
+    _load(model, METHODS / arch / case, "a")
+    model.set_active_adapters("a")
+    _adapterhub_head_eps(model)
+    inputs = _inputs(expected)
+    with torch.no_grad():
+        _close(model.base_model(**inputs).last_hidden_state, expected["last_hidden_state"])
+        _close(model(**inputs).logits, expected["logits"])
+
+
+DIREFT_CASES = [(arch, case) for arch in ("bert", "gpt2", "llama") for case in ("direft", "direft_tied")]
+
+
+@pytest.mark.parametrize(("arch", "case"), DIREFT_CASES)
+def test_adapterhub_direft_files(arch, case, tmp_path):
+    """AdapterHub does not save DiReFT's ``subtract_projection=False`` (a class attribute there), so its DiReFT
+    files equal NoReFT files and AdapterHub reloads them with the projection subtracted (``*.after_reload``). A
+    file without the key loads the same way here; with ``"subtract_projection": false`` added it gives the DiReFT
+    that AdapterHub had in memory before saving."""
+    expected = load_file(METHODS / arch / case / "expected.safetensors")
+    inputs = _inputs(expected)
+    saved = tmp_path / case
+    shutil.copytree(METHODS / arch / case, saved)
+    meta = json.loads((saved / "adapter_config.json").read_text())
+    assert "subtract_projection" not in meta["config"]
+    meta["config"]["subtract_projection"] = False
+    (saved / "adapter_config.json").write_text(json.dumps(meta))
+    for path, suffix, subtract in ((METHODS / arch / case, ".after_reload", True), (saved, "", False)):
+        model = _base(arch)
+        _load(model, path, "a")
+        assert model.adapters_config.get("a").subtract_projection is subtract
+        model.set_active_adapters("a")
+        _adapterhub_head_eps(model)
+        with torch.no_grad():
+            _close(model.base_model(**inputs).last_hidden_state, expected[f"last_hidden_state{suffix}"])
+            _close(model(**inputs).logits, expected[f"logits{suffix}"])
+

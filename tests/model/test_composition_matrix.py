@@ -12,8 +12,22 @@ import torch
 from adapterkit import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack
 from tiny import ARCHS, randomize, tiny_inputs, tiny_model
 
-METHODS = ["seq_bn", "double_seq_bn", "par_bn", "lora", "ia3", "prefix_tuning[prefix_length=3, bottleneck_size=8]"]
-FAMILIES = {"bottleneck": "bottleneck", "lora": "LoRA", "ia3": "(IA)^3", "prefix_tuning": "prefix tuning"}
+METHODS = [
+    "seq_bn",
+    "double_seq_bn",
+    "par_bn",
+    "lora",
+    "ia3",
+    "prefix_tuning[prefix_length=3, bottleneck_size=8]",
+    "noreft[prefix_positions=2, suffix_positions=1, dropout=0.0]",
+]
+FAMILIES = {
+    "bottleneck": "bottleneck",
+    "lora": "LoRA",
+    "ia3": "(IA)^3",
+    "prefix_tuning": "prefix tuning",
+    "reft": "ReFT",
+}
 BLOCKS = ["Stack", "Fuse", "Split", "BatchSplit", "Parallel", "Average", "MultiTask", "per-row adapter_names"]
 REFUSED = "ValueError at set_active_adapters"
 # block -> method family -> True (checked below against the adapters alone) or how it is refused
@@ -21,6 +35,8 @@ SUPPORT: dict[str, dict[str, bool | str]] = {block: dict.fromkeys(FAMILIES.value
 SUPPORT["Fuse"].update({"LoRA": REFUSED, "(IA)^3": REFUSED, "prefix tuning": REFUSED})
 SUPPORT["Split"]["prefix tuning"] = REFUSED
 SUPPORT["Average"]["prefix tuning"] = REFUSED
+SUPPORT["Fuse"]["ReFT"] = REFUSED
+SUPPORT["Split"]["ReFT"] = REFUSED
 
 
 def _family(model, name: str) -> str:

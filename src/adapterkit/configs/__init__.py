@@ -17,6 +17,7 @@ from .fusion import (
     DynamicAdapterFusionConfig,
     StaticAdapterFusionConfig,
 )
+from .invertible import DoubleSeqBnInvConfig, SeqBnInvConfig
 from .lora import (
     DoRAConfig,
     DvoRAConfig,
@@ -27,6 +28,8 @@ from .lora import (
     VeraConfig,
 )
 from .prefix_tuning import PrefixTuningConfig
+from .prompt_tuning import PromptTuningConfig
+from .reft import DiReftConfig, LoReftConfig, NoReftConfig, ReftConfig
 from .registry import (
     ADAPTER_CONFIG_MAP,
     DEFAULT_ADAPTER_CONFIG,
@@ -57,6 +60,13 @@ __all__ = [
     "MultiTaskConfig",
     "ParBnConfig",
     "PrefixTuningConfig",
+    "PromptTuningConfig",
+    "ReftConfig",
+    "LoReftConfig",
+    "NoReftConfig",
+    "DiReftConfig",
+    "SeqBnInvConfig",
+    "DoubleSeqBnInvConfig",
     "SeqBnConfig",
     "StaticAdapterFusionConfig",
     "VeraConfig",

@@ -18,8 +18,11 @@ from .bottleneck import (
     ParBnConfig,
     SeqBnConfig,
 )
+from .invertible import DoubleSeqBnInvConfig, SeqBnInvConfig
 from .lora import DoRAConfig, DvoRAConfig, IA3Config, LoRAConfig, MTLLoRAConfig, VeraConfig
 from .prefix_tuning import PrefixTuningConfig
+from .prompt_tuning import PromptTuningConfig
+from .reft import DiReftConfig, LoReftConfig, NoReftConfig, ReftConfig
 
 ADAPTER_CONFIG_MAP: dict[str, Callable[[], AdapterConfig]] = {
     "seq_bn": SeqBnConfig,
@@ -40,12 +43,20 @@ ADAPTER_CONFIG_MAP: dict[str, Callable[[], AdapterConfig]] = {
     "mtl_lora": MTLLoRAConfig,
     "prefix_tuning": PrefixTuningConfig,
     "prefix_tuning_flat": lambda: PrefixTuningConfig(flat=True),
+    "seq_bn_inv": SeqBnInvConfig,
+    "pfeiffer+inv": SeqBnInvConfig,
+    "double_seq_bn_inv": DoubleSeqBnInvConfig,
+    "houlsby+inv": DoubleSeqBnInvConfig,
+    "prompt_tuning": PromptTuningConfig,
+    "loreft": LoReftConfig,
+    "noreft": NoReftConfig,
+    "direft": DiReftConfig,
 }
 """Alias -> factory of the config it names (AdapterHub's names; deprecated ones kept for loading)."""
 
 DEFAULT_ADAPTER_CONFIG = "seq_bn"
 
-DEPRECATED_ALIASES = frozenset({"pfeiffer", "houlsby", "parallel", "scaled_parallel"})
+DEPRECATED_ALIASES = frozenset({"pfeiffer", "houlsby", "parallel", "scaled_parallel", "pfeiffer+inv", "houlsby+inv"})
 """Old names still accepted when loading; never written."""
 
 # "architecture" value in a saved dict -> config class
@@ -54,6 +65,8 @@ _ARCHITECTURE_CLASSES: dict[str | None, type[AdapterConfig]] = {
     "lora": LoRAConfig,
     "mtl_lora": MTLLoRAConfig,
     "prefix_tuning": PrefixTuningConfig,
+    "prompt_tuning": PromptTuningConfig,
+    "reft": ReftConfig,
 }
 
 _CONFIG_STRING = re.compile(r"^(?P<name>[^\[\]|\n]+)(?:\[(?P<kvs>.*)\])?$")
@@ -74,6 +87,8 @@ _HASH_IGNORE_DEFAULTS: dict[str, Any] = {
     "phm_bias": True,
     "init_weights": "bert",
     "scaling": 1.0,
+    # saved by adapterkit, a class attribute in AdapterHub: equal hashes for equal prompt configs
+    "random_uniform_scale": 0.5,
 }
 
 

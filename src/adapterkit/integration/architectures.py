@@ -51,6 +51,9 @@ class ArchitectureSpec:
         decoder_only: a causal decoder; sequence-level heads read the last real token, not the first.
         prefix_location: key of the self-attention prefix in prefix tuning's state-dict names
             (AdapterHub's location key: ``"self_prefix"``, DistilBERT ``"self"``).
+        embedding_output: path from the base model to the module whose output is the embedding output that
+            enters the first layer (invertible adapters and prompt tuning attach there); None: ``embeddings``
+            (GPT-2 adds position embeddings after ``wte``: its ``drop``).
     """
 
     model_type: str
@@ -65,6 +68,7 @@ class ArchitectureSpec:
     hidden_size_attr: str = "hidden_size"
     decoder_only: bool = False
     prefix_location: str = "self_prefix"
+    embedding_output: str | None = None
 
     @property
     def attention_module(self) -> str:
@@ -173,6 +177,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         ffn_intermediate="mlp.c_fc",
         ffn_output="mlp.c_proj",
         embeddings="wte",
+        embedding_output="drop",
         hidden_size_attr="n_embd",
         decoder_only=True,
     ),

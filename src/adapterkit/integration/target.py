@@ -9,6 +9,7 @@ root guard also takes the adapter arguments of a forward out of its keyword argu
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -25,6 +26,9 @@ from .modules import get_submodule
 
 SetupResolver = Callable[[], tuple[AdapterCompositionBlock | None, frozenset[int]]]
 SetupValidator = Callable[[AdapterCompositionBlock | None], None]
+InputHook = Callable[[ForwardContext, nn.Module, tuple, dict[str, Any]], tuple]
+"""``hook(ctx, module, args, kwargs) -> args``: sees (and may change) the inputs of the forward that opened
+``ctx``; ``kwargs`` may be changed in place, new positional arguments are returned."""
 
 # keyword arguments any forward of an adapter model accepts (taken out before the model sees them)
 FORWARD_ARGUMENTS = (
@@ -68,6 +72,10 @@ class ModelTarget:
         # adapter name -> layers holding its modules (kept by the model's add/delete)
         self.adapter_layers: dict[str, frozenset[int]] = {}
         self._guard_handles: list[RemovableHandle] = []
+        # the model the adapter API sits on (the root guarded by `install_context_guards`)
+        self.root: nn.Module = base_model
+        # name -> hook run on the inputs of every forward that opens a context (see `prepare_inputs`)
+        self.input_hooks: dict[str, InputHook] = {}
 
     def layer_module(self, layer_idx: int, path: str) -> nn.Module:
         """The module at ``path`` inside layer ``layer_idx``."""
@@ -133,6 +141,7 @@ class ModelTarget:
         recomputes it during the backward pass; they also replicate the batch for `Parallel`.
         """
         self.remove_context_guards()
+        self.root = root
         # the base model too: users call ``model.base_model(...)`` directly
         for module in dict.fromkeys([root, self.base_model]):
             self._guard_handles.append(module.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
@@ -151,9 +160,19 @@ class ModelTarget:
     def _root_pre_hook(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         if args and "input_ids" not in kwargs and isinstance(args[0], torch.Tensor):
             kwargs = {**kwargs, "_first_positional": args[0]}
-        self.open_context(module, kwargs)
+        ctx = self.open_context(module, kwargs)
         kwargs.pop("_first_positional", None)
+        if ctx is not None:
+            args = self.prepare_inputs(ctx, module, args, kwargs)
         return args, kwargs
+
+    def prepare_inputs(self, ctx: ForwardContext, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple:
+        """Record the padding mask of the forward that opened ``ctx`` (``ctx.attention_mask``) and run the
+        `input_hooks` on its inputs. Returns the positional arguments (``kwargs`` is changed in place)."""
+        ctx.attention_mask = padding_mask_rows(forward_argument(module, args, kwargs, "attention_mask"))
+        for hook in list(self.input_hooks.values()):
+            args = hook(ctx, module, args, kwargs)
+        return args
 
     def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         self.close_context(module)
@@ -169,6 +188,34 @@ class ModelTarget:
                 output[key] = value
             return output
         return None
+
+    def input_batch_size(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> int | None:
+        """Rows of a forward call's batch (``input_ids``, ``inputs_embeds``, ... or the first positional tensor)."""
+        size = _batch_size(kwargs)
+        if size is None and args and isinstance(args[0], torch.Tensor):
+            size = args[0].shape[0]
+        return size
+
+    def replicate_inputs(self, ctx: ForwardContext, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple:
+        """For a `Parallel` setup whose channels differ before the first layer (e.g. at the embeddings): repeat the
+        forward's batch inputs once per channel, channel-major, as ``generate()`` does, so every layer sees the
+        replicated batch (``ctx.replicated``). Returns the positional arguments (``kwargs`` changes in place)."""
+        rows = self.input_batch_size(module, args, kwargs)
+        if rows is None or ctx.replicated or ctx.parallel_channels == 1:
+            return args
+        channels = ctx.parallel_channels
+
+        def repeat(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == rows:
+                return value.repeat(channels, *([1] * (value.dim() - 1)))
+            return value
+
+        args = tuple(repeat(a) for a in args)
+        for key, value in list(kwargs.items()):
+            kwargs[key] = repeat(value)
+        ctx.replicated = True
+        ctx.attention_mask = padding_mask_rows(forward_argument(module, args, kwargs, "attention_mask"))
+        return args
 
     # ---- Parallel --------------------------------------------------------------------------
     def replication_layer(self, ctx: ForwardContext) -> int:
@@ -223,6 +270,49 @@ def _replicate(value: Any, ctx: ForwardContext) -> Any:
     if isinstance(value, list):
         return [_replicate(v, ctx) for v in value]
     return value
+
+
+_ARGUMENT_INDEX: dict[tuple[type, str], int | None] = {}
+
+
+def _argument_index(module: nn.Module, name: str) -> int | None:
+    """Position of parameter ``name`` in ``type(module).forward`` (after ``self``), or None."""
+    key = (type(module), name)
+    if key not in _ARGUMENT_INDEX:
+        try:
+            params = list(inspect.signature(type(module).forward).parameters.values())[1:]
+        except (TypeError, ValueError):
+            params = []
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        names = [p.name for p in params if p.kind in positional]
+        _ARGUMENT_INDEX[key] = names.index(name) if name in names else None
+    return _ARGUMENT_INDEX[key]
+
+
+def forward_argument(module: nn.Module, args: tuple, kwargs: dict[str, Any], name: str) -> Any:
+    """The value of ``module``'s forward argument ``name`` in a call ``(args, kwargs)``, or None."""
+    if name in kwargs:
+        return kwargs[name]
+    index = _argument_index(module, name)
+    return args[index] if index is not None and index < len(args) else None
+
+
+def replace_forward_argument(module: nn.Module, args: tuple, kwargs: dict[str, Any], name: str, value: Any) -> tuple:
+    """Set ``module``'s forward argument ``name`` to ``value`` where the call passes it (``kwargs`` in place,
+    or the returned positional arguments), else as a keyword. Returns the positional arguments."""
+    index = _argument_index(module, name)
+    if name not in kwargs and index is not None and index < len(args):
+        return (*args[:index], value, *args[index + 1 :])
+    kwargs[name] = value
+    return args
+
+
+def padding_mask_rows(mask: Any) -> torch.Tensor | None:
+    """A padding mask as ``(rows, tokens)`` (a ``(batch, choices, tokens)`` mask is flattened); None for
+    anything else (no mask, or a ready-made 4-D attention mask)."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3) or (mask.dim() == 3 and mask.is_floating_point()):
+        return None
+    return mask.reshape(-1, mask.shape[-1]) if mask.dim() == 3 else mask
 
 
 def _batch_size(kwargs: dict[str, Any]) -> int | None:

@@ -43,6 +43,7 @@ _LEGACY_SEGMENTS = {
     "attention_text_lang_adapters": "adapters",
     "layer_text_task_adapters": "adapters",
     "layer_text_lang_adapters": "adapters",
+    "invertible_lang_adapters": "invertible_adapters",
 }
 # adapter-transformers wrote the old activation names before "version" existed
 _LEGACY_ACTIVATIONS = {"gelu": "gelu_new", "gelu_orig": "gelu"}

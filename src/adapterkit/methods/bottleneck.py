@@ -39,6 +39,7 @@ from ..configs import BnConfig
 from ..context import ForwardContext, RowGroups
 from ..integration.modules import first_input, get_or_create_host, main_output, with_main_output
 from ..integration.target import ModelTarget
+from . import invertible
 from .base import AdapterMethod, LayerModules, active_in_order, composed_here, register_method
 from .compose import Composer, SiteState, run_setup, touches
 from .gating import GatingKey, store_gating_score
@@ -554,12 +555,12 @@ class BottleneckMethod(AdapterMethod):
 
     @property
     def module_attributes(self) -> tuple[str, ...]:
-        """``adapters`` (per layer and location) and ``shared_parameters`` (Compacter's shared PHM tensors)."""
-        return ("adapters", SHARED_ATTRIBUTE)
+        """``adapters`` (per layer and location), ``shared_parameters`` (Compacter's shared PHM tensors) and
+        ``invertible_adapters`` (the ``inv_adapter`` module, see `methods.invertible`)."""
+        return ("adapters", SHARED_ATTRIBUTE, invertible.ATTRIBUTE)
 
     def _check(self, config: BnConfig) -> None:
         unsupported = {
-            "inv_adapter": (config.inv_adapter is not None, "invertible adapters are not available yet"),
             "cross_adapter": (config.cross_adapter, "the supported architectures have no cross-attention"),
         }
         for key, (bad, why) in unsupported.items():
@@ -597,6 +598,7 @@ class BottleneckMethod(AdapterMethod):
                 if not config.original_ln_after:
                     _replace_norm_for(getattr(host, _SITE), adapter_name)
                 created.setdefault(idx, {})[location] = adapter
+        created.update(invertible.add(target, adapter_name, config))  # the inv_adapter part, if any
         return created
 
     def _add_shared(
@@ -649,6 +651,7 @@ class BottleneckMethod(AdapterMethod):
 
     def delete(self, target: ModelTarget, adapter_name: str) -> None:
         """Remove ``adapter_name`` everywhere, with the AdapterFusion layers that fuse it."""
+        invertible.delete(target, adapter_name)
         if isinstance(get_shared(target, adapter_name), SharedPHMParameters):
             delete_shared(target, adapter_name)
         for host in self._hosts(target):
@@ -673,6 +676,7 @@ class BottleneckMethod(AdapterMethod):
                 host = _find_host(layer, getattr(target.spec, block_name).adapter_host)
                 if host is not None and adapter_name in getattr(host, "adapters", {}):
                     found.setdefault(idx, {})[location] = host.adapters[adapter_name]
+        found.update(invertible.modules(target, adapter_name))
         return found
 
     def _hosts(self, target: ModelTarget) -> list[nn.Module]:

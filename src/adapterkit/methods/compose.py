@@ -19,7 +19,7 @@ replicated once per channel (see `integration.target`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Generic, TypeVar
 
 import torch
@@ -210,3 +210,79 @@ def run_setup(ctx: ForwardContext, state: S, composer: Composer[S]) -> S:
     if ctx.row_groups is not None:
         return route(ctx.row_groups, state, composer)
     return compose(ctx.setup, state, composer)
+
+
+# ---- per-row plans for sites that act once per forward ---------------------------------------------
+class RowValues(SiteState):
+    """One plain value per batch row: what a site that acts once per forward (at the embeddings, before
+    any layer) does to each row, found by running the setup on these values instead of on tensors.
+
+    Token cuts keep the whole row (such sites act on whole rows); `Average` and `Split` keep their
+    first child's values, AdapterHub's ``first()`` for blocks that do not divide rows.
+    """
+
+    def __init__(self, values: list, tokens: int = 0):
+        self.values = values
+        self._tokens = tokens
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.values)
+
+    @property
+    def seq_len(self) -> int:
+        return self._tokens
+
+    def rows(self, index: Rows) -> RowValues:
+        if isinstance(index, slice):
+            return RowValues(self.values[index], self._tokens)
+        return RowValues([self.values[i] for i in index.tolist()], self._tokens)
+
+    def tokens(self, index: slice) -> RowValues:
+        return self
+
+    @classmethod
+    def cat(cls, states: Sequence[RowValues], dim: int) -> RowValues:
+        if dim == 1:
+            return states[0]
+        return RowValues([v for s in states for v in s.values], states[0]._tokens)
+
+    @classmethod
+    def weighted_sum(cls, states: Sequence[RowValues], weights: Sequence[float], start: RowValues) -> RowValues:
+        return states[0]
+
+
+class _PlanComposer(Composer[RowValues]):
+    def __init__(self, present: Container[str], step: Callable[[object, str], object]):
+        self.present = present  # type: ignore[assignment]
+        self.step = step
+
+    def single(self, name: str, state: RowValues) -> RowValues:
+        return RowValues([self.step(value, name) for value in state.values], state.seq_len)
+
+    def fuse(self, block: Fuse, state: RowValues, run: Callable[[object, RowValues], RowValues]) -> RowValues:
+        for child in block:
+            state = run(child, state)
+        return state
+
+
+def row_plan(
+    ctx: ForwardContext,
+    batch_size: int,
+    present: Container[str],
+    step: Callable[[object, str], object],
+    start: object = None,
+    tokens: int = 0,
+) -> list:
+    """Per-row values of the forward's setup: each row starts at ``start`` and every adapter on the row's
+    path through the setup (in order; only names in ``present``) updates it, ``value = step(value, name)``.
+
+    Examples: ``step=lambda v, n: v if v is not None else n`` gives each row's first adapter;
+    ``step=lambda v, n: (*v, n)`` with ``start=()`` lists them. Row-dividing blocks (BatchSplit, Parallel,
+    MultiTask, per-row routing) give rows their own values; ``batch_size`` counts `Parallel`'s copies.
+
+    Raises:
+        ValueError: as `compose` (e.g. a BatchSplit whose sizes do not add up to ``batch_size``).
+    """
+    state = RowValues([start] * batch_size, tokens)
+    return run_setup(ctx, state, _PlanComposer(present, step)).values

@@ -567,10 +567,17 @@ class FlexibleHeadsMixin:
         else:
             rows = [slice(None)] * len(plan.heads)
         head_outputs = []
+        ctx = ForwardContext.get_context()
         for name, selected, inputs in zip(plan.heads, rows, head_inputs, strict=True):
             cut_outputs = _cut_output(outputs, selected, total)
             cut_inputs = {k: _cut(v, selected, total) for k, v in inputs.items()}
-            head_outputs.append(self.heads[name](cut_outputs, return_dict=True, **cut_inputs))
+            if ctx is not None:  # methods acting inside heads (invertible adapters) read which rows these are
+                ctx.head_rows = None if isinstance(selected, slice) and selected == slice(None) else selected
+            try:
+                head_outputs.append(self.heads[name](cut_outputs, return_dict=True, **cut_inputs))
+            finally:
+                if ctx is not None:
+                    ctx.head_rows = None
         losses = [out.get("loss") for out in head_outputs]
         loss = sum(losses[1:], losses[0]) if all(x is not None for x in losses) else None
         result = MultiHeadOutput(

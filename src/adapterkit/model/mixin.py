@@ -61,6 +61,7 @@ class ModelAdaptersMixin(FusionMixin):
         config: AdapterConfig | Mapping[str, Any] | str | None = None,
         overwrite_ok: bool = False,
         set_active: bool = False,
+        **method_options: Any,
     ) -> None:
         """Add a new adapter to every layer (except the config's ``leave_out``).
 
@@ -69,10 +70,13 @@ class ModelAdaptersMixin(FusionMixin):
             config: a config, dict, alias, config string or JSON path; None means ``"seq_bn"``.
             overwrite_ok: replace an existing adapter of that name instead of raising.
             set_active: activate the new adapter.
+            **method_options: set-up options of the config's method, e.g. ``tokenizer`` for a prompt tuning
+                adapter initialised ``from_string``.
 
         Raises:
             ValueError: for a bad or taken name, or a config this architecture cannot take. The
                 model is left unchanged.
+            TypeError: for a method option the method does not take.
         """
         _check_name(adapter_name)
         resolved = AdapterConfig.load(config if config is not None else DEFAULT_ADAPTER_CONFIG)
@@ -84,7 +88,7 @@ class ModelAdaptersMixin(FusionMixin):
                 )
             self.delete_adapter(adapter_name)
         try:
-            created = method.add(self._adapter_target, adapter_name, resolved)
+            created = method.add(self._adapter_target, adapter_name, resolved, **method_options)
         except Exception:
             method.delete(self._adapter_target, adapter_name)
             raise
