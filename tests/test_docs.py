@@ -18,6 +18,7 @@ GUIDES = [
     "reft.md",
     "invertible.md",
     "prompt_tuning.md",
+    "unions_and_averaging.md",
 ]
 
 

@@ -28,6 +28,7 @@ from .configs import (
     BnConfig,
     CompacterConfig,
     CompacterPlusPlusConfig,
+    ConfigUnion,
     DiReftConfig,
     DoRAConfig,
     DoubleSeqBnConfig,
@@ -37,6 +38,7 @@ from .configs import (
     IA3Config,
     LoRAConfig,
     LoReftConfig,
+    MAMConfig,
     MTLLoRAConfig,
     MultiTaskConfig,
     NoReftConfig,
@@ -47,6 +49,7 @@ from .configs import (
     SeqBnConfig,
     SeqBnInvConfig,
     StaticAdapterFusionConfig,
+    UniPELTConfig,
     VeraConfig,
 )
 from .context import AdapterSetup, ForwardContext
@@ -112,6 +115,9 @@ __all__ = [
     "PredictionHead",
     "PrefixTuningConfig",
     "PromptTuningConfig",
+    "ConfigUnion",
+    "MAMConfig",
+    "UniPELTConfig",
     "ReftConfig",
     "LoReftConfig",
     "NoReftConfig",

@@ -204,3 +204,17 @@ def test_adapterhub_direft_files(arch, case, tmp_path):
             _close(model.base_model(**inputs).last_hidden_state, expected[f"last_hidden_state{suffix}"])
             _close(model(**inputs).logits, expected[f"logits{suffix}"])
 
+
+# Config unions (one adapter name served by several methods): MAM = prefix tuning + parallel bottleneck; UniPELT =
+# gated prefix tuning + gated seq_bn + gated LoRA (the gate replaces alpha / r), gating scores of all three parts
+UNION_CASES: list[tuple[str, str]] = [(arch, case) for arch in ("bert", "gpt2", "llama") for case in ("mam", "unipelt")]
+
+
+@pytest.mark.parametrize(("arch", "case"), UNION_CASES)
+def test_adapterhub_config_unions_and_gating_scores(arch, case):
+    model = _base(arch)
+    saved = json.loads((METHODS / arch / case / "adapter_config.json").read_text())["config"]
+    _load(model, METHODS / arch / case, "a")
+    assert model.adapters_config.get("a").to_dict() == saved
+    del model
+    test_adapterhub_bottleneck_family_and_gating_scores(arch, case)

@@ -38,6 +38,7 @@ from .registry import (
     parse_config_string,
     register_config_architecture,
 )
+from .union import ConfigUnion, MAMConfig, UniPELTConfig
 
 __all__ = [
     "ADAPTERFUSION_CONFIG_MAP",
@@ -60,6 +61,9 @@ __all__ = [
     "MultiTaskConfig",
     "ParBnConfig",
     "PrefixTuningConfig",
+    "ConfigUnion",
+    "MAMConfig",
+    "UniPELTConfig",
     "PromptTuningConfig",
     "ReftConfig",
     "LoReftConfig",

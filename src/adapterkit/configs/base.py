@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import FrozenInstanceError
 from typing import Any, ClassVar, TypeVar
 
@@ -81,6 +81,14 @@ class AdapterConfig(Mapping):
                 f"allowed: {sorted(f.name for f in dataclasses.fields(self))}"  # type: ignore[arg-type]
             )
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def with_leave_out(self: C, layers: Sequence[int]) -> C:
+        """A copy that also leaves out ``layers`` (added to its own ``leave_out``; config unions: to every part).
+
+        Raises:
+            TypeError: if this config has no ``leave_out`` key.
+        """
+        return self.replace(leave_out=sorted(set(getattr(self, "leave_out", ())) | set(layers)))
 
     @classmethod
     def from_dict(cls: type[C], config: Mapping[str, Any] | AdapterConfig) -> C:

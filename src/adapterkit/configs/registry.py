@@ -23,6 +23,7 @@ from .lora import DoRAConfig, DvoRAConfig, IA3Config, LoRAConfig, MTLLoRAConfig,
 from .prefix_tuning import PrefixTuningConfig
 from .prompt_tuning import PromptTuningConfig
 from .reft import DiReftConfig, LoReftConfig, NoReftConfig, ReftConfig
+from .union import ConfigUnion, MAMConfig, UniPELTConfig
 
 ADAPTER_CONFIG_MAP: dict[str, Callable[[], AdapterConfig]] = {
     "seq_bn": SeqBnConfig,
@@ -51,6 +52,8 @@ ADAPTER_CONFIG_MAP: dict[str, Callable[[], AdapterConfig]] = {
     "loreft": LoReftConfig,
     "noreft": NoReftConfig,
     "direft": DiReftConfig,
+    "mam": MAMConfig,
+    "unipelt": UniPELTConfig,
 }
 """Alias -> factory of the config it names (AdapterHub's names; deprecated ones kept for loading)."""
 
@@ -67,6 +70,7 @@ _ARCHITECTURE_CLASSES: dict[str | None, type[AdapterConfig]] = {
     "prefix_tuning": PrefixTuningConfig,
     "prompt_tuning": PromptTuningConfig,
     "reft": ReftConfig,
+    "union": ConfigUnion,
 }
 
 _CONFIG_STRING = re.compile(r"^(?P<name>[^\[\]|\n]+)(?:\[(?P<kvs>.*)\])?$")
@@ -92,6 +96,11 @@ _HASH_IGNORE_DEFAULTS: dict[str, Any] = {
 }
 
 
+_MISSING = object()
+# keys adapterkit saves that AdapterHub has as class attributes (not in its union's "i.key" view), with its values
+_UNION_PART_UNSAVED_BY_ADAPTERHUB: dict[str, Any] = {"random_uniform_scale": 0.5, "subtract_projection": True}
+
+
 def register_config_architecture(architecture: str, config_cls: type[AdapterConfig]) -> None:
     """Map the ``"architecture"`` value of saved dicts to ``config_cls`` (used by new methods)."""
     _ARCHITECTURE_CLASSES[architecture] = config_cls
@@ -114,19 +123,20 @@ def config_class_for(config: Mapping[str, Any]) -> type[AdapterConfig]:
 
 
 def parse_config_string(spec: str) -> AdapterConfig:
-    """Parse ``"name"`` or ``"name[key=value, ...]"`` into a config.
+    """Parse ``"name"`` or ``"name[key=value, ...]"`` into a config; ``"a|b[...]"`` gives a `ConfigUnion`.
 
     Values are Python literals (``"lora[r=16, attn_matrices=['q','k','v']]"``).
 
     Raises:
-        ValueError: for an unknown alias, unbalanced brackets, or a value that is not a literal.
-        TypeError: for a key the config does not have.
+        ValueError: for an unknown alias, unbalanced brackets, a value that is not a literal, or parts that
+            cannot form a union.
+        TypeError: for a key the config does not have, or a union alias (``mam``) inside a ``|`` string.
     """
     spec = spec.strip()
-    if "|" in spec:
-        raise ValueError(
-            f"config string {spec!r} combines methods with '|'; config unions are not available in this version"
-        )
+    if "|" in spec and spec.count("[") == spec.count("]"):
+        chunks = _split_union(spec)
+        if len(chunks) > 1:
+            return ConfigUnion(*(parse_config_string(chunk) for chunk in chunks))
     match = _CONFIG_STRING.match(spec)
     if not match or spec.count("[") != spec.count("]"):
         raise ValueError(f"config string {spec!r} is malformed; expected 'name' or 'name[key=value, ...]'")
@@ -148,6 +158,21 @@ def parse_config_string(spec: str) -> AdapterConfig:
     return config
 
 
+def _split_union(spec: str) -> list[str]:
+    """Split a config string at the ``|`` outside brackets (a literal value may contain ``|``)."""
+    chunks, depth, start = [], 0, 0
+    for i, char in enumerate(spec):
+        depth += (char == "[") - (char == "]")
+        if char == "|" and depth == 0:
+            chunks.append(spec[start:i])
+            start = i + 1
+    chunks.append(spec[start:])
+    for chunk in chunks:
+        if not chunk.strip():
+            raise ValueError(f"config string {spec!r} has an empty part between '|'")
+    return chunks
+
+
 def _minimize(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _minimize(v) for k, v in value.items() if v}
@@ -165,6 +190,13 @@ def config_hash(
         ignore_params: keys left out of the hash.
     """
     data = config.to_dict() if isinstance(config, AdapterConfig) else dict(config)
+    if isinstance(config, ConfigUnion):  # AdapterHub hashes a union object through its "i.key" mapping view
+        data = {
+            f"{i}.{key}": value
+            for i, part in enumerate(config.configs)
+            for key, value in {"architecture": part.architecture, **part.to_dict()}.items()
+            if _UNION_PART_UNSAVED_BY_ADAPTERHUB.get(key, _MISSING) != value
+        }
     minimized = _minimize({k: v for k, v in data.items() if k not in ignore_params})
     for key, default in _HASH_IGNORE_DEFAULTS.items():
         if key in minimized and minimized[key] == default:

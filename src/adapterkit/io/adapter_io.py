@@ -270,7 +270,7 @@ def load_adapter(
     _check_compatible(model, meta, path)
     config = AdapterConfig.load(meta["config"])
     if leave_out:
-        config = config.replace(leave_out=sorted(set(config.leave_out) | set(leave_out)))
+        config = config.with_leave_out(leave_out)
     saved_name = meta.get("name") or path.name
     name = load_as or saved_name
     weights = read_weights(path, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)

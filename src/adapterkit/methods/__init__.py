@@ -1,6 +1,6 @@
 """Adapter methods. Importing this package registers the built-in ones."""
 
-from . import bottleneck, lora, prefix_tuning, prompt_tuning, reft  # noqa: F401  (registration side effect)
+from . import bottleneck, lora, prefix_tuning, prompt_tuning, reft, union  # noqa: F401  (registration side effect)
 from .base import (
     AdapterMethod,
     LayerModules,

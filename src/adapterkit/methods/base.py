@@ -45,6 +45,15 @@ class AdapterMethod(ABC):
         MultiTask,
     )
     module_attribute: str
+    union_repeatable: bool = False
+    """Whether one config union may hold several configs of this method (at disjoint layers or locations:
+    bottleneck configs at different locations, configs with different ``leave_out``); the method's modules of
+    one adapter name must then be independent per layer and location."""
+
+    def for_config(self, config: AdapterConfig) -> AdapterMethod:
+        """The method object that serves ``config``: ``self`` by default; a method whose behaviour depends on
+        the config (a config union: the blocks all its parts support) returns one bound to it."""
+        return self
 
     @property
     def module_attributes(self) -> tuple[str, ...]:
@@ -111,6 +120,89 @@ class AdapterMethod(ABC):
     def reset(self, target: ModelTarget) -> None:  # noqa: B027  (optional hook: methods without merging keep it)
         """Undo every merge of this method, restoring the base weights exactly (default: nothing to undo)."""
 
+    def average(
+        self,
+        target: ModelTarget,
+        adapter_name: str,
+        config: AdapterConfig,
+        weights: Mapping[str, float],
+        combine_strategy: str = "linear",
+        svd_rank: int | None = None,
+    ) -> None:
+        """Set the parameters of the new adapter ``adapter_name`` (already added with ``config``) from the
+        adapters in ``weights`` (name -> weight, already normalised).
+
+        Default: ``"linear"`` only, ``theta = sum_i w_i theta_i`` for every tensor of every module (those in
+        the layers and the shared ones), matched by layer, location and state-dict key. Methods with more
+        strategies override this.
+
+        Raises:
+            ValueError: for another strategy, or an adapter whose modules do not match the new one's (naming it).
+        """
+        check_strategy(self, combine_strategy, ("linear",))
+        sources = {name: adapter_modules_by_place(self, target, name) for name in weights}
+        average_modules(adapter_modules_by_place(self, target, adapter_name), sources, weights, adapter_name)
+
+
+def check_strategy(method: AdapterMethod, combine_strategy: str, allowed: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` if ``method`` cannot average with ``combine_strategy`` (naming what is allowed)."""
+    if combine_strategy not in allowed:
+        raise ValueError(
+            f"combine_strategy {combine_strategy!r} is not supported for {method.name} adapters; "
+            f"allowed: {list(allowed)}"
+        )
+
+
+def adapter_modules_by_place(method: AdapterMethod, target: ModelTarget, adapter_name: str) -> dict[str, nn.Module]:
+    """Every module of ``adapter_name`` under ``method``, keyed ``"<layer>.<location>"`` (and ``"shared.<i>"``)."""
+    found = {
+        f"{idx}.{location}": module
+        for idx, per_layer in method.modules(target, adapter_name).items()
+        for location, module in per_layer.items()
+    }
+    found.update({f"shared.{i}": m for i, m in enumerate(method.shared_modules(target, adapter_name))})
+    return found
+
+
+def average_modules(
+    new: Mapping[str, nn.Module],
+    sources: Mapping[str, Mapping[str, nn.Module]],
+    weights: Mapping[str, float],
+    new_name: str,
+) -> None:
+    """Load ``sum_i weights[i] * state(sources[i][place])`` into ``new[place]`` for every place.
+
+    Non-floating tensors (counters, masks) are taken from the first source.
+
+    Raises:
+        ValueError: if a source has other places, keys or shapes than ``new`` (naming the adapter).
+    """
+    for name, modules in sources.items():
+        if set(modules) != set(new):
+            diff = sorted(set(modules) ^ set(new))[:4]
+            raise ValueError(
+                f"cannot average adapter {name!r} into {new_name!r}: their modules differ at {diff} "
+                "(layers or locations); average adapters of one config"
+            )
+    with torch.no_grad():
+        for place, module in new.items():
+            averaged: dict[str, torch.Tensor] = {}
+            for name, weight in weights.items():
+                for key, value in sources[name][place].state_dict().items():
+                    if key not in averaged:
+                        averaged[key] = value * weight if value.is_floating_point() else value.clone()
+                    elif value.shape != averaged[key].shape:
+                        raise ValueError(
+                            f"cannot average adapter {name!r} into {new_name!r}: {place}.{key} has shape "
+                            f"{tuple(value.shape)}, expected {tuple(averaged[key].shape)}"
+                        )
+                    elif value.is_floating_point():
+                        averaged[key] += value * weight
+            try:
+                module.load_state_dict(averaged)
+            except RuntimeError as error:
+                raise ValueError(f"cannot average into adapter {new_name!r} at {place}: {error}") from None
+
 
 def active_in_order(ctx: ForwardContext | None, present: Container[str], layer_idx: int) -> list[str]:
     """Names of the adapters to run at one location, in order, when the setup is a plain Stack of
@@ -157,7 +249,7 @@ def method_for(config: AdapterConfig) -> AdapterMethod:
             f"no adapter method handles {type(config).__name__} (method {config.method!r}); "
             f"registered: {sorted(_METHODS)}"
         )
-    return method
+    return method.for_config(config)
 
 
 def registered_methods() -> list[AdapterMethod]:

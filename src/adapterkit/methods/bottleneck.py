@@ -552,6 +552,7 @@ class BottleneckMethod(AdapterMethod):
     config_class = BnConfig
     module_attribute = "adapters"
     supported_blocks = (Stack, Fuse, Split, BatchSplit, Parallel, Average, MultiTask)
+    union_repeatable = True  # per layer and location: a union may hold configs at disjoint places
 
     @property
     def module_attributes(self) -> tuple[str, ...]:

@@ -41,7 +41,15 @@ from ..composition import AdapterCompositionBlock, Stack
 from ..configs import AdapterConfig, LoRAConfig, MTLLoRAConfig, MultiTaskConfig
 from ..context import ForwardContext, RowGroups
 from ..integration.target import ModelTarget
-from .base import AdapterMethod, LayerModules, active_in_order, composed_here, register_method
+from .base import (
+    AdapterMethod,
+    LayerModules,
+    active_in_order,
+    average_modules,
+    check_strategy,
+    composed_here,
+    register_method,
+)
 from .compose import Composer, SiteState, run_setup
 from .gating import GatingKey, store_gating_score
 
@@ -564,6 +572,7 @@ class LoRAMethod(AdapterMethod):
     name = "lora"
     config_class = LoRAConfig
     module_attribute = "loras"
+    union_repeatable = True  # per layer and location: a union may hold configs at disjoint places
 
     @property
     def module_attributes(self) -> tuple[str, ...]:
@@ -732,6 +741,63 @@ class LoRAMethod(AdapterMethod):
             if here & dora and here not in checked:
                 checked.add(here)
                 _check_dora_first(setup, here, dora, None, setup, proj)
+
+    # ---- averaging (AdapterHub's combine strategies) ---------------------------------------
+    def average(
+        self,
+        target: ModelTarget,
+        adapter_name: str,
+        config: AdapterConfig,
+        weights: Mapping[str, float],
+        combine_strategy: str = "linear",
+        svd_rank: int | None = None,
+    ) -> None:
+        """Set the new adapter ``adapter_name`` from the adapters in ``weights`` (name -> normalised weight).
+
+        Strategies (AdapterHub's): ``"linear"`` (every tensor ``sum_i w_i theta_i``, VeRA's shared A and B too),
+        ``"lora_linear_only_negate_b"`` (``A = sum_i |w_i| A_i``, ``B = sum_i w_i B_i``, other tensors linear) and
+        ``"lora_delta_w_svd"`` (``dW = sum_i w_i s_i B_i A_i``, truncated to rank ``svd_rank`` by SVD:
+        ``A = Vh[:r]``, ``B = U[:, :r] diag(S[:r]) / s`` with the new adapter's scaling ``s``; per q/k/v group of a
+        fused projection; gates and DoRA magnitudes linear). VeRA, (IA)^3 and MTL-LoRA average linearly only.
+
+        Raises:
+            ValueError: for an unsupported strategy or adapter kind, a missing ``svd_rank``, or an adapter
+                without a module where the new one has one (naming it).
+        """
+        check_strategy(self, combine_strategy, ("linear", "lora_linear_only_negate_b", "lora_delta_w_svd"))
+        if combine_strategy == "lora_delta_w_svd" and svd_rank is None:
+            raise ValueError("combine_strategy 'lora_delta_w_svd' needs svd_rank (the rank of the averaged adapter)")
+        for proj in self._projections(target):
+            if adapter_name not in proj.loras:
+                continue
+            missing = [n for n in weights if n not in proj.loras]
+            if missing:
+                raise ValueError(
+                    f"cannot average adapter {missing[0]!r} into {adapter_name!r}: it has no LoRA module at "
+                    f"layer {proj.__dict__[_STATE]['layer_idx']} where {adapter_name!r} has one"
+                )
+            new = proj.loras[adapter_name]
+            if combine_strategy != "linear" and type(new) is not LoRA:
+                kind = "VeRA" if isinstance(new, VeRA) else type(new).__name__
+                raise ValueError(
+                    f"{kind} adapters average only with combine_strategy 'linear', not {combine_strategy!r}"
+                )
+            sources = {n: {"m": proj.loras[n]} for n in weights}
+            if combine_strategy == "linear":
+                average_modules({"m": new}, sources, weights, adapter_name)
+                continue
+            with torch.no_grad():
+                if combine_strategy == "lora_linear_only_negate_b":
+                    average_modules({"m": new}, sources, weights, adapter_name)  # B (and gate, m) linear
+                    new.lora_A.copy_(sum(abs(w) * proj.loras[n].lora_A for n, w in weights.items()))
+                    continue
+                _svd_into(new, [(proj.loras[n], w) for n, w in weights.items()])
+                for key, value in new.state_dict().items():  # gate, DoRA magnitude: linear
+                    if key not in ("lora_A", "lora_B") and value.is_floating_point():
+                        value.copy_(sum(w * proj.loras[n].state_dict()[key] for n, w in weights.items()))
+        store = getattr(target.base_model, _SHARED, None)
+        if isinstance(store, nn.ModuleDict) and adapter_name in store:
+            average_modules({"s": store[adapter_name]}, {n: {"s": store[n]} for n in weights}, weights, adapter_name)
 
     def fit_loaded_weights(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> bool:
         """Accept AdapterHub's VeRA form: ``vera_D`` (r x r) and ``vera_B`` (out x out) matrices.
@@ -931,6 +997,31 @@ def _original_weight_oi(proj: nn.Module) -> torch.Tensor:
     state = proj.__dict__.get(_STATE)
     weight = state["backup"][0] if state is not None and state["merged"] is not None else proj.weight
     return weight.t() if isinstance(proj, Conv1D) else weight
+
+
+def _svd_into(new: LoRA, sources: list[tuple[LoRA, float]]) -> None:
+    """Set ``new``'s A and B (rank ``r``) to the truncated SVD of ``sum_i w_i s_i B_i A_i / s_new``, per group.
+
+    Raises:
+        ValueError: if a source's shapes differ from ``new``'s (other projection size or grouping).
+    """
+    groups, rank = new.groups, new.lora_A.shape[0] // new.groups
+    scale_new = 1.0 if new.config.use_gating else new.scaling
+    delta = None
+    for lora, weight in sources:
+        if lora.groups != groups or lora.lora_B.shape[0] != new.lora_B.shape[0]:
+            raise ValueError("cannot average LoRA modules of different shapes with 'lora_delta_w_svd'")
+        scale = 1.0 if lora.config.use_gating else lora.scaling
+        term = lora._update_weight().float().view(groups, lora.out_per_group, -1) * (weight * scale)
+        delta = term if delta is None else delta + term
+    u, sv, vh = torch.linalg.svd(delta / scale_new, full_matrices=False)  # batched over groups
+    k = min(rank, sv.shape[-1])
+    a = torch.zeros(groups, rank, vh.shape[-1])
+    b = torch.zeros(groups, u.shape[-2], rank)
+    a[:, :k] = vh[:, :k]
+    b[:, :, :k] = u[:, :, :k] * sv[:, None, :k]
+    new.lora_A.copy_(a.flatten(0, 1).to(new.lora_A))
+    new.lora_B.copy_(b.flatten(0, 1).to(new.lora_B))
 
 
 def _add_module(found: LayerModules, idx: int, location: str, module: nn.Module) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -253,6 +254,75 @@ class FlexibleHeadsMixin:
         head = self.head_class(head_type)(self, head_name, **kwargs)
         head.config["head_type"] = head_type
         self.add_prediction_head(head, overwrite_ok=overwrite_ok, set_active=set_active)
+
+    def average_head(
+        self,
+        head_name: str,
+        head_list: list[str] | Mapping[str, float],
+        weights: list[float] | None = None,
+        normalize_weights: bool = True,
+        overwrite_ok: bool = False,
+        set_active: bool = False,
+    ) -> None:
+        """Add head ``head_name`` whose parameters are the weighted sum of heads of one class and config.
+
+        Args:
+            head_name: the new head.
+            head_list: the heads to combine, or a dict name -> weight.
+            weights: one weight per head (default: equal weights ``1 / n``).
+            normalize_weights: divide given weights by their sum.
+            overwrite_ok: replace an existing head ``head_name``.
+            set_active: make the new head the active head.
+
+        Raises:
+            ValueError: for an unknown head, an empty list, weights that do not match or sum to 0, heads of
+                different classes or configs (naming them), or a taken name.
+        """
+        if isinstance(head_list, Mapping):
+            weights = list(head_list.values()) if weights is None else weights
+        names = list(head_list)
+        if not names:
+            raise ValueError("average_head needs at least one head to average")
+        for name in names:
+            if name not in self.heads:
+                raise ValueError(f"no head named {name!r}; this model has {sorted(self.heads)}")
+        first = self.heads[names[0]]
+
+        def comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in config.items() if k != "dropout_prob"}
+
+        for name in names[1:]:
+            head = self.heads[name]
+            if type(head) is not type(first) or comparable(head.config) != comparable(first.config):
+                raise ValueError(
+                    f"cannot average heads {names[0]!r} ({type(first).__name__}) and {name!r} "
+                    f"({type(head).__name__}): heads must have one class and config"
+                )
+        if head_name in self.heads and not overwrite_ok:
+            raise ValueError(f"a head named {head_name!r} exists already; pass overwrite_ok=True to replace it")
+        if weights is None:
+            combined = {name: 1.0 / len(names) for name in names}
+        else:
+            if len(weights) != len(names):
+                raise ValueError(f"average_head got {len(weights)} weights for {len(names)} heads {names}")
+            total = float(sum(weights)) if normalize_weights else 1.0
+            if total == 0:
+                raise ValueError(f"the weights {list(weights)} sum to 0 and cannot be normalized")
+            combined = {name: float(w) / total for name, w in zip(names, weights, strict=True)}
+        averaged: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for name, weight in combined.items():
+                for key, value in self.heads[name].state_dict().items():
+                    if not value.is_floating_point():
+                        averaged.setdefault(key, value.clone())
+                    elif key in averaged:
+                        averaged[key] += weight * value
+                    else:
+                        averaged[key] = weight * value
+        if head_name in self.heads:
+            self.delete_head(head_name)
+        self.add_prediction_head_from_config(head_name, first.config, set_active=set_active)
+        self.heads[head_name].load_state_dict(averaged)
 
     def delete_head(self, head_name: str) -> None:
         """Remove a head (an unknown name is ignored)."""

@@ -263,6 +263,100 @@ class ModelAdaptersMixin(FusionMixin):
         for method in registered_methods():
             method.reset(self._adapter_target)
 
+    # ---- averaging (task arithmetic) -------------------------------------------------------
+    def average_adapter(
+        self,
+        adapter_name: str,
+        adapter_list: list[str] | Mapping[str, float],
+        weights: list[float] | None = None,
+        combine_strategy: str = "linear",
+        normalize_weights: bool = True,
+        overwrite_ok: bool = False,
+        set_active: bool = False,
+        svd_rank: int | None = None,
+    ) -> None:
+        """Add adapter ``adapter_name`` as a weighted combination of existing adapters of one config.
+
+        Each method averages its own parameters (`AdapterMethod.average`): ``"linear"`` (``sum_i w_i theta_i``
+        for every tensor) works for every method; the LoRA family adds ``"lora_linear_only_negate_b"`` and
+        ``"lora_delta_w_svd"`` (see docs/unions_and_averaging.md). Negative weights are allowed (unlearning).
+
+        Args:
+            adapter_name: the new adapter.
+            adapter_list: the adapters to combine, or a dict name -> weight (its values are the weights).
+            weights: one weight per adapter (default: equal weights ``1 / n``).
+            combine_strategy: ``"linear"``, ``"lora_linear_only_negate_b"`` or ``"lora_delta_w_svd"``.
+            normalize_weights: divide given weights by their sum.
+            overwrite_ok: replace an existing adapter ``adapter_name``.
+            set_active: activate the new adapter.
+            svd_rank: the rank of the result for ``"lora_delta_w_svd"`` (the new config gets ``r=svd_rank``).
+
+        Raises:
+            ValueError: for an unknown strategy or adapter, an empty list, weights that do not match the list or
+                sum to 0, adapters with different configs (naming them), a taken name, or a strategy the
+                adapters' method does not support. The model is left unchanged.
+        """
+        strategies = ("linear", "lora_linear_only_negate_b", "lora_delta_w_svd")
+        if combine_strategy not in strategies:
+            raise ValueError(f"combine_strategy {combine_strategy!r} is not known; allowed: {list(strategies)}")
+        if isinstance(adapter_list, Mapping):
+            weights = list(adapter_list.values()) if weights is None else weights
+        names = list(adapter_list)
+        if not names:
+            raise ValueError("average_adapter needs at least one adapter to average")
+        from ..configs import config_hash
+
+        config = None
+        for name in names:
+            other = self.adapters_config.get(name)
+            if other is None:
+                raise ValueError(f"no adapter named {name!r}; this model has {sorted(self.adapters_config)}")
+            if config is None:
+                config = other
+            elif config_hash(config, ignore_params=("dropout", "init_weights")) != config_hash(
+                other, ignore_params=("dropout", "init_weights")
+            ):
+                raise ValueError(
+                    f"cannot average adapters {names[0]!r} and {name!r}: their configs differ "
+                    f"({config!r} vs {other!r}); average adapters of one config"
+                )
+        assert config is not None
+        if weights is None:
+            combined = {name: 1.0 / len(names) for name in names}
+        else:
+            if len(weights) != len(names):
+                raise ValueError(f"average_adapter got {len(weights)} weights for {len(names)} adapters {names}")
+            total = float(sum(weights)) if normalize_weights else 1.0
+            if total == 0:
+                raise ValueError(f"the weights {list(weights)} sum to 0 and cannot be normalized")
+            combined = {name: float(w) / total for name, w in zip(names, weights, strict=True)}
+        if svd_rank is not None:
+            if combine_strategy == "lora_delta_w_svd":
+                try:
+                    config = config.replace(r=svd_rank)
+                except TypeError:
+                    raise ValueError(
+                        f"combine_strategy 'lora_delta_w_svd' is not supported for {method_for(config).name} adapters "
+                        f"{names} (it needs a config with a rank r)"
+                    ) from None
+            else:
+                logger.warning("svd_rank applies only to combine_strategy 'lora_delta_w_svd'; ignoring it")
+        if adapter_name in self.adapters_config and not overwrite_ok:
+            raise ValueError(f"an adapter named {adapter_name!r} exists already; pass overwrite_ok=True to replace it")
+        if adapter_name in names:
+            raise ValueError(f"the averaged adapter {adapter_name!r} cannot be one of the adapters averaged")
+        method = method_for(config)
+        if combine_strategy == "lora_delta_w_svd" and svd_rank is None:
+            raise ValueError("combine_strategy 'lora_delta_w_svd' needs svd_rank (the rank of the averaged adapter)")
+        self.add_adapter(adapter_name, config, overwrite_ok=overwrite_ok)
+        try:
+            method.average(self._adapter_target, adapter_name, config, combined, combine_strategy, svd_rank)
+        except Exception:
+            self.delete_adapter(adapter_name)
+            raise
+        if set_active:
+            self.set_active_adapters(adapter_name)
+
     def eject_prefix_tuning(self, name: str) -> None:
         """Replace prefix tuning adapter ``name``'s reparametrizing MLP by the flat prefixes it produces.
 
