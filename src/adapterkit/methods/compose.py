@@ -156,7 +156,7 @@ def _parallel(block: Parallel, state: S, composer: Composer[S]) -> S:
 
 
 def _split(block: Split, state: S, composer: Composer[S]) -> S:
-    if sum(block.splits) != state.seq_len:
+    if state.seq_len is not None and sum(block.splits) != state.seq_len:  # None: whole-row values
         raise ValueError(
             f"{block!r} has splits {block.splits} (sum {sum(block.splits)}) but the sequence has {state.seq_len} tokens"
         )
@@ -221,7 +221,7 @@ class RowValues(SiteState):
     first child's values, AdapterHub's ``first()`` for blocks that do not divide rows.
     """
 
-    def __init__(self, values: list, tokens: int = 0):
+    def __init__(self, values: list, tokens: int | None = None):
         self.values = values
         self._tokens = tokens
 
@@ -230,7 +230,7 @@ class RowValues(SiteState):
         return len(self.values)
 
     @property
-    def seq_len(self) -> int:
+    def seq_len(self) -> int | None:  # type: ignore[override]
         return self._tokens
 
     def rows(self, index: Rows) -> RowValues:
@@ -272,7 +272,7 @@ def row_plan(
     present: Container[str],
     step: Callable[[object, str], object],
     start: object = None,
-    tokens: int = 0,
+    tokens: int | None = None,
 ) -> list:
     """Per-row values of the forward's setup: each row starts at ``start`` and every adapter on the row's
     path through the setup (in order; only names in ``present``) updates it, ``value = step(value, name)``.
