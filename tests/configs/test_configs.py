@@ -19,14 +19,37 @@ from adapterkit.configs import (
     config_hash,
 )
 
-# Hashes computed by AdapterHub adapters==1.3.0 (utils.get_adapter_config_hash) for its presets.
+# Hashes computed by AdapterHub adapters==1.3.0 (utils.get_adapter_config_hash) for every alias of its
+# ADAPTER_CONFIG_MAP.
 ADAPTERHUB_HASHES = {
+    "pfeiffer": "9076f36a74755ac4",
+    "houlsby": "b1017368d7a97b11",
+    "parallel": "211b85d66ae909db",
+    "scaled_parallel": "4197b24ec21c92f8",
+    "pfeiffer+inv": "9ed5b5a29de19b71",
+    "houlsby+inv": "bcdbfdc759d7abf1",
     "seq_bn": "9076f36a74755ac4",
     "double_seq_bn": "b1017368d7a97b11",
     "par_bn": "211b85d66ae909db",
     "scaled_par_bn": "4197b24ec21c92f8",
+    "seq_bn_inv": "9ed5b5a29de19b71",
+    "double_seq_bn_inv": "bcdbfdc759d7abf1",
+    "compacter++": "cfa13994accfb5f4",
+    "compacter": "934efc0c1022a56f",
+    "prefix_tuning": "648bf22f5afeaaa6",
+    "prefix_tuning_flat": "d61d9a6e9c3974ea",
+    "prompt_tuning": "8e35d5049bb12364",
+    "mtl_lora": "b37172df6259ff89",
     "lora": "625403edad0bf919",
     "ia3": "1ebb5af107e576c0",
+    "vera": "2be4e8738bf1b672",
+    "dora": "045575c920686296",
+    "dvora": "54bac59257d09af0",
+    "loreft": "141e29e6c21f7261",
+    "noreft": "df69f184fdb72464",
+    "direft": "df69f184fdb72464",
+    "mam": "97453c0dbc2dbc97",
+    "unipelt": "67ac4937c601ad56",
 }
 
 
