@@ -509,10 +509,11 @@ def run_methods(args, path: str) -> dict[str, Any]:
 def methods_report(res: dict[str, Any]) -> str:
     """The per-method markdown table (and the skipped methods)."""
     info = res["methods"]
+    full_cpu = info["full"]["step"]["cpu_median_s"]  # CPU-time ratios: less sensitive to other load
     lines = [
-        "| method | config | step median s | step / full FT | quiet samples | trainable params (excl. head) "
-        "| % of model | adapter file |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| method | config | step median s | step / full FT | CPU-time ratio | quiet samples "
+        "| trainable params (excl. head) | % of model | adapter file |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, d in info.items():
         if "skipped" in d:
@@ -525,7 +526,8 @@ def methods_report(res: dict[str, Any]) -> str:
             trainable = f"{p['trainable_excl_head']:,}"
             size = f"{d['weights_bytes'] / 1024:.1f} KiB" if d.get("weights_bytes") is not None else "-"
         lines.append(
-            f"| {label} | `{d['config']}` | {t['median_s']:.3f} | {d['ratio']:.3f} | {t['quiet_n']}/{t['n']} "
+            f"| {label} | `{d['config']}` | {t['median_s']:.3f} | {d['ratio']:.3f} "
+            f"| {t['cpu_median_s'] / full_cpu:.3f} | {t['quiet_n']}/{t['n']} "
             f"| {trainable} | {100.0 * p['trainable_excl_head'] / p['total'] if label != 'full' else 100.0:.2f}% "
             f"| {size} |"
         )
