@@ -21,7 +21,7 @@ def test_add_duplicate_and_overwrite(bert):
     )
 
 
-@pytest.mark.parametrize("name", ["", "a.b", "a,b", "a b"])
+@pytest.mark.parametrize("name", ["", "a.b", "a,b", "a b", "double", "train"])
 def test_bad_adapter_names(bert, name):
     with pytest.raises(ValueError, match="adapter name"):
         bert.add_adapter(name)

@@ -606,6 +606,8 @@ def _check_name(name: str) -> None:
         raise ValueError(
             f"adapter name {name!r} is not allowed; use a non-empty name without '.', ',', '|', '[', ']' or spaces"
         )
+    if hasattr(nn.ModuleDict, name):  # adapters are ModuleDict entries: "double", "train", "to" would clash
+        raise ValueError(f"adapter name {name!r} is the name of a torch Module attribute; choose another name")
 
 
 __all__ = ["AdapterMethod", "ModelAdaptersMixin"]
