@@ -77,8 +77,6 @@ _CONFIG_STRING = re.compile(r"^(?P<name>[^\[\]|\n]+)(?:\[(?P<kvs>.*)\])?$")
 
 # Keys dropped from the hash when they hold these values, so hashes match AdapterHub's (and its v2 era).
 _HASH_IGNORE_DEFAULTS: dict[str, Any] = {
-    # a class attribute in AdapterHub, never hashed; kept when False so DiReFT and NoReFT differ here
-    "subtract_projection": True,
     "phm_layer": True,
     "phm_dim": 4,
     "factorized_phm_W": True,
