@@ -181,3 +181,23 @@ def test_adapters_follow_model_dtype(method):
     assert all(p.dtype == torch.bfloat16 for m in model.get_adapter("a").values() for x in m.values()
                for p in x.parameters())
     assert _hidden(model).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_train_adapter_changes_only_that_adapter_and_its_head(method):
+    model = tiny_model("bert")
+    model.add_adapter("other", config="seq_bn")
+    model.add_adapter("a", config=method)
+    model.add_classification_head("a", num_labels=2)
+    model.train_adapter("a")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    for _ in range(2):
+        loss = model(**tiny_inputs(), labels=torch.tensor([0, 1, 1])).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed, "training changed nothing"
+    assert all(".a." in k or k.startswith("heads.a.") for k in changed), sorted(changed)
