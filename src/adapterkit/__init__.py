@@ -68,11 +68,16 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """Import `AdapterTrainer` on first use (keeps ``import adapterkit`` free of transformers' Trainer)."""
+    """Import `AdapterTrainer` and `AdapterDropCallback` on first use (keeps ``import adapterkit`` free
+    of transformers' Trainer)."""
     if name == "AdapterTrainer":
         from .training import AdapterTrainer
 
         return AdapterTrainer
+    if name == "AdapterDropCallback":
+        from .callbacks import AdapterDropCallback
+
+        return AdapterDropCallback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -82,6 +87,7 @@ __all__ = [
     "DEFAULT_ADAPTER_CONFIG",
     "AdapterCompositionBlock",
     "AdapterConfig",
+    "AdapterDropCallback",
     "AdapterFusionConfig",
     "AdapterPlusConfig",
     "AdapterMethod",
