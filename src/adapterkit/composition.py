@@ -228,15 +228,7 @@ class Average(AdapterCompositionBlock):
         normalize_weights: bool = True,
     ) -> None:
         super().__init__(*children)
-        if weights is None:
-            self.weights = [1.0 / len(children)] * len(children)
-        else:
-            if len(weights) != len(children):
-                raise ValueError(f"Average got {len(weights)} weights for {len(children)} children")
-            total = sum(weights)
-            if normalize_weights and total == 0:
-                raise ValueError("Average weights sum to 0 and cannot be normalized")
-            self.weights = [w / total for w in weights] if normalize_weights else list(weights)
+        self.weights = combination_weights(len(children), weights, normalize_weights, "Average", "children")
 
     def _save_kwargs(self) -> dict[str, Any]:
         return {"weights": list(self.weights)}
@@ -250,6 +242,25 @@ class MultiTask(AdapterCompositionBlock):
     """
 
     allows_identity = True
+
+
+def combination_weights(
+    count: int, weights: Sequence[float] | None, normalize: bool, owner: str, items: str
+) -> list[float]:
+    """The weights of a combination of ``count`` items: ``1 / count`` each by default, else ``weights``
+    (divided by their sum when ``normalize``). Shared by `Average` and parameter averaging.
+
+    Raises:
+        ValueError: ``"<owner> got <k> weights for <count> <items>"``, or weights that sum to 0 when normalizing.
+    """
+    if weights is None:
+        return [1.0 / count] * count
+    if len(weights) != count:
+        raise ValueError(f"{owner} got {len(weights)} weights for {count} {items}")
+    total = float(sum(weights))
+    if normalize and total == 0:
+        raise ValueError(f"{owner} weights {list(weights)} sum to 0 and cannot be normalized")
+    return [float(w) / total for w in weights] if normalize else [float(w) for w in weights]
 
 
 def _sizes(value: int | Sequence[int], n: int, what: str) -> list[int]:

@@ -130,11 +130,7 @@ class AdapterConfig(Mapping):
         elif isinstance(config, Mapping):
             resolved = config_class_for(config).from_dict(config)
         elif isinstance(config, (str, os.PathLike)) and os.path.isfile(config):
-            with open(config, encoding="utf-8") as f:
-                data = json.load(f)
-            data = data.get("config", data) if isinstance(data, dict) else data
-            if not isinstance(data, Mapping):
-                raise ValueError(f"config file {os.fspath(config)!r} does not hold a JSON object")
+            data = read_config_file(config, "config")
             resolved = config_class_for(data).from_dict(data)
         elif isinstance(config, str):
             resolved = parse_config_string(config)
@@ -145,6 +141,28 @@ class AdapterConfig(Mapping):
             )
         changes = {k: v for k, v in overrides.items() if v is not None}
         return resolved.replace(**changes) if changes else resolved
+
+
+def read_config_file(path: str | os.PathLike, what: str) -> Mapping[str, Any]:
+    """The config object of a JSON file: the file itself, or its ``"config"`` entry (saved adapter and
+    fusion folders wrap the config with metadata).
+
+    Args:
+        path: the JSON file.
+        what: the kind of config, for messages (``"config"``, ``"AdapterFusion config"``).
+
+    Raises:
+        ValueError: for invalid JSON or a file that does not hold a JSON object.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} file {os.fspath(path)!r} is not valid JSON: {e}") from None
+    data = data.get("config", data) if isinstance(data, dict) else data
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what} file {os.fspath(path)!r} does not hold a JSON object")
+    return data
 
 
 def check_choice(config: AdapterConfig, key: str, allowed: tuple[Any, ...]) -> None:

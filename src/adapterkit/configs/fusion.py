@@ -7,13 +7,12 @@ Keys and defaults are AdapterHub's (reference inventory, section 3), so saved
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .base import AdapterConfig, check_type
+from .base import AdapterConfig, check_type, read_config_file
 
 _FLAGS = (
     "key",
@@ -121,14 +120,7 @@ class AdapterFusionConfig(AdapterConfig):
         elif isinstance(config, Mapping):
             resolved = AdapterFusionConfig.from_dict(config)
         elif isinstance(config, (str, os.PathLike)) and os.path.isfile(config):
-            try:
-                with open(config, encoding="utf-8") as f:
-                    data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"AdapterFusion config file {os.fspath(config)!r} is not valid JSON: {e}") from None
-            data = data.get("config", data) if isinstance(data, dict) else data
-            if not isinstance(data, Mapping):
-                raise ValueError(f"AdapterFusion config file {os.fspath(config)!r} does not hold a JSON object")
+            data = read_config_file(config, "AdapterFusion config")
             resolved = AdapterFusionConfig.from_dict(data)
         elif isinstance(config, str):
             factory = ADAPTERFUSION_CONFIG_MAP.get(config)

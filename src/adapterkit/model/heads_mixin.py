@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..composition import AdapterCompositionBlock, BatchSplit, Fuse, MultiTask, Parallel, Stack
+from ..composition import AdapterCompositionBlock, BatchSplit, Fuse, MultiTask, Parallel, Stack, combination_weights
 from ..context import AdapterSetup, ForwardContext, RowGroups
 from ..heads import HEAD_TYPES, PredictionHead
 from ..heads.outputs import MultiHeadOutput
@@ -300,15 +300,8 @@ class FlexibleHeadsMixin:
                 )
         if head_name in self.heads and not overwrite_ok:
             raise ValueError(f"a head named {head_name!r} exists already; pass overwrite_ok=True to replace it")
-        if weights is None:
-            combined = {name: 1.0 / len(names) for name in names}
-        else:
-            if len(weights) != len(names):
-                raise ValueError(f"average_head got {len(weights)} weights for {len(names)} heads {names}")
-            total = float(sum(weights)) if normalize_weights else 1.0
-            if total == 0:
-                raise ValueError(f"the weights {list(weights)} sum to 0 and cannot be normalized")
-            combined = {name: float(w) / total for name, w in zip(names, weights, strict=True)}
+        shares = combination_weights(len(names), weights, normalize_weights, "average_head", f"heads {names}")
+        combined = dict(zip(names, shares, strict=True))
         averaged: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for name, weight in combined.items():

@@ -15,7 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..composition import AdapterCompositionBlock, AdapterSetupSpec, Fuse, MultiTask, parse_composition
+from ..composition import (
+    AdapterCompositionBlock,
+    AdapterSetupSpec,
+    Fuse,
+    MultiTask,
+    combination_weights,
+    parse_composition,
+)
 from ..configs import DEFAULT_ADAPTER_CONFIG, AdapterConfig
 from ..context import checkpoint_context_fn
 from ..integration.architectures import ArchitectureSpec
@@ -321,15 +328,8 @@ class ModelAdaptersMixin(FusionMixin):
                     f"({config!r} vs {other!r}); average adapters of one config"
                 )
         assert config is not None
-        if weights is None:
-            combined = {name: 1.0 / len(names) for name in names}
-        else:
-            if len(weights) != len(names):
-                raise ValueError(f"average_adapter got {len(weights)} weights for {len(names)} adapters {names}")
-            total = float(sum(weights)) if normalize_weights else 1.0
-            if total == 0:
-                raise ValueError(f"the weights {list(weights)} sum to 0 and cannot be normalized")
-            combined = {name: float(w) / total for name, w in zip(names, weights, strict=True)}
+        shares = combination_weights(len(names), weights, normalize_weights, "average_adapter", f"adapters {names}")
+        combined = dict(zip(names, shares, strict=True))
         if svd_rank is not None:
             if combine_strategy == "lora_delta_w_svd":
                 try:
