@@ -3,57 +3,17 @@
 from __future__ import annotations
 
 import torch
-from transformers import (
-    BertConfig,
-    DistilBertConfig,
-    ElectraConfig,
-    GPT2Config,
-    LlamaConfig,
-    MistralConfig,
-    Qwen2Config,
-    RobertaConfig,
-    XLMRobertaConfig,
-)
 
 from adapterkit import AutoAdapterModel
+from tiny_models import decoders, encoders, seq2seq, vision
 
-_COMMON = dict(vocab_size=99, pad_token_id=0)
-_ENCODER = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=64,
-    **_COMMON,
-)
-_DECODER = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=37,
-    max_position_embeddings=64,
-    bos_token_id=1,
-    eos_token_id=2,
-    **_COMMON,
-)
-
-TINY_CONFIGS = {
-    "bert": lambda: BertConfig(**_ENCODER),
-    "roberta": lambda: RobertaConfig(**_ENCODER, bos_token_id=1, eos_token_id=2),
-    "xlm-roberta": lambda: XLMRobertaConfig(**_ENCODER, bos_token_id=1, eos_token_id=2),
-    "electra": lambda: ElectraConfig(**_ENCODER, embedding_size=32),
-    "distilbert": lambda: DistilBertConfig(
-        dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=64, **_COMMON
-    ),
-    "gpt2": lambda: GPT2Config(
-        n_embd=32, n_layer=2, n_head=4, n_inner=37, n_positions=64, bos_token_id=1, eos_token_id=2, **_COMMON
-    ),
-    "llama": lambda: LlamaConfig(**_DECODER),
-    "mistral": lambda: MistralConfig(**_DECODER),
-    "qwen2": lambda: Qwen2Config(**_DECODER),
-}
-ARCHS = sorted(TINY_CONFIGS)
+_FAMILIES = (encoders, decoders, seq2seq, vision)
+TINY_CONFIGS = {arch: make for family in _FAMILIES for arch, make in family.CONFIGS.items()}
+_INPUTS = {arch: make for family in _FAMILIES for arch, make in family.INPUTS.items()}
+# the architectures the method and composition tests run on in depth; tests/integration/test_models.py
+# covers every architecture (ALL_ARCHS)
+ARCHS = sorted(["bert", "roberta", "xlm-roberta", "electra", "distilbert", "gpt2", "llama", "mistral", "qwen2"])
+ALL_ARCHS = sorted(TINY_CONFIGS)
 DECODERS = ("gpt2", "llama", "mistral", "qwen2")
 
 
@@ -70,8 +30,11 @@ def tiny_model(arch: str, attn_implementation: str = "eager", seed: int = 0):
     return AutoAdapterModel.from_config(tiny_config(arch, attn_implementation)).eval()
 
 
-def tiny_inputs(batch: int = 3, seq: int = 9, seed: int = 42) -> dict[str, torch.Tensor]:
-    """Right-padded random inputs: row 0 full, later rows with 2 and 4 padding positions."""
+def tiny_inputs(batch: int = 3, seq: int = 9, seed: int = 42, arch: str | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded random inputs: row 0 full, later rows with 2 and 4 padding positions; for an ``arch``
+    with other inputs (encoder-decoder, vision, speech), that family's inputs of ``batch`` rows."""
+    if arch in _INPUTS:
+        return _INPUTS[arch](batch=batch, seq=seq, seed=seed)
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 99, (batch, seq), generator=g)
     mask = torch.ones(batch, seq, dtype=torch.long)

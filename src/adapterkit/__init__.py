@@ -60,7 +60,7 @@ from .heads import (
     PredictionHead,
     register_head_type,
 )
-from .integration import ArchitectureSpec, SubBlock, register_architecture
+from .integration import ArchitectureSpec, LayerStack, SubBlock, register_architecture
 from .methods import AdapterMethod, register_method
 from .model import AutoAdapterModel, ModelAdaptersConfig, ModelAdaptersMixin, init
 
@@ -108,6 +108,7 @@ __all__ = [
     "ForwardContext",
     "Fuse",
     "IA3Config",
+    "LayerStack",
     "LoRAConfig",
     "MTLLoRAConfig",
     "ModelAdaptersConfig",

@@ -21,9 +21,10 @@ def _capture(model) -> dict:
     """Per layer and location: ``h`` (sub-block output), ``r`` (its residual input) and ``final`` (what the
     next sub-block receives: the FFN's residual input for attention, the layer output for the FFN)."""
     target = model._adapter_target
-    spec, seen = target.spec, {}
+    seen = {}
     for idx, layer in enumerate(target.layers):
-        for location, block in (("mh_adapter", spec.attention), ("output_adapter", spec.ffn)):
+        stack = target.stack(idx)
+        for location, block in (("mh_adapter", stack.attention), ("output_adapter", stack.ffn)):
 
             def grab_h(m, a, o, key=(idx, location)):
                 seen.setdefault(key, {})["h"] = main_output(o)
@@ -56,10 +57,10 @@ def test_adapter_output_replaces_the_sub_block_result(arch, config):
     randomize(model, "p")
     with torch.no_grad():
         model(**tiny_inputs())
-        spec = model._adapter_target.spec
         for (idx, location), v in seen.items():
             adapter = model.get_adapter("p")[idx][location]
-            block = spec.attention if location == "mh_adapter" else spec.ffn
+            stack = model._adapter_target.stack(idx)
+            block = stack.attention if location == "mh_adapter" else stack.ffn
             norm = model._adapter_target.layer_module(idx, block.layer_norm) if block.layer_norm else None
             if config.original_ln_before:  # AdapterPlus: z = LN(h + r), out = z + c * f(z)
                 z = v["h"] + v["r"]

@@ -38,7 +38,7 @@ def _hidden(model, inputs=None, **kwargs):
 
 
 def _prefix(model, name) -> PrefixTuning | FlatPrefixTuning:
-    return model.base_model.prefix_tuning.prefix_tunings[name][model._adapter_target.spec.prefix_location]
+    return model.base_model.prefix_tuning.prefix_tunings[name][model._adapter_target.spec.stack.prefix_location]
 
 
 def _hooks(model) -> dict[str, int]:
@@ -368,7 +368,7 @@ def test_refuses_attention_it_cannot_extend_and_empty_layers():
         model.add_adapter("a", config=SMALL)
     assert "a" not in model.adapters_config and not hasattr(model.bert, "prefix_tuning")
     model.config._attn_implementation = "eager"
-    with pytest.raises(ValueError, match="leaves out all 2 layers"):
+    with pytest.raises(ValueError, match="leaves no attention of the 2 layers"):
         model.add_adapter("a", config="prefix_tuning[leave_out=[0, 1]]")
     assert model.config._attn_implementation == "eager"
 

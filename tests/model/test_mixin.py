@@ -166,46 +166,45 @@ def test_init_plain_model_and_static_head():
         assert not torch.allclose(model(**tiny_inputs()).logits, base)
 
 
-def test_init_unknown_architecture_is_refused():
-    from transformers import T5Config, T5Model
+def _tiny_opt():
+    from transformers import OPTConfig, OPTModel
 
-    model = T5Model(T5Config(d_model=32, num_layers=1, num_heads=2, d_ff=37, vocab_size=99, d_kv=16))
+    torch.manual_seed(0)
+    config = OPTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=37, vocab_size=99,
+        max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=0,
+    )
+    return OPTModel(config).eval()
+
+
+def test_init_unknown_architecture_is_refused():
+    model = _tiny_opt()
+    cls = type(model)
     with pytest.raises(ValueError, match="not supported"):
         adapterkit.init(model)
-    assert type(model) is T5Model
+    assert type(model) is cls
 
 
 def test_init_custom_architecture_entry():
-    from transformers import T5Config, T5EncoderModel
-
-    spec = adapterkit.ArchitectureSpec(
-        model_type="t5",
-        layers="encoder.block",
+    stack = adapterkit.LayerStack(
+        layers="decoder.layers",
         attention=adapterkit.SubBlock(
-            output="layer.0.SelfAttention.o",
-            residual_input="layer.0",
+            output="self_attn",
+            residual_input="self_attn_layer_norm",
             layer_norm=None,
             adapter_host="attention_adapters",
         ),
         ffn=adapterkit.SubBlock(
-            output="layer.1.DenseReluDense",
-            residual_input="layer.1",
-            layer_norm=None,
-            adapter_host="output_adapters",
+            output="fc2", residual_input="final_layer_norm", layer_norm=None, adapter_host="output_adapters"
         ),
-        attn_projections={
-            "q": "layer.0.SelfAttention.q",
-            "k": "layer.0.SelfAttention.k",
-            "v": "layer.0.SelfAttention.v",
-        },
-        ffn_intermediate="layer.1.DenseReluDense.wi",
-        ffn_output="layer.1.DenseReluDense.wo",
-        embeddings="shared",
+        attn_projections={"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj"},
+        ffn_intermediate="fc1",
+        ffn_output="fc2",
     )
-    torch.manual_seed(0)
-    model = T5EncoderModel(
-        T5Config(d_model=32, num_layers=2, num_heads=2, d_ff=37, vocab_size=99, d_kv=16)
-    ).eval()
+    spec = adapterkit.ArchitectureSpec(
+        model_type="opt", stacks=(stack,), embeddings="decoder.embed_tokens", decoder_only=True
+    )
+    model = _tiny_opt()
     adapterkit.init(model, architecture=spec)
     inputs = tiny_inputs()
     with torch.no_grad():

@@ -23,6 +23,7 @@ from ..composition import AdapterCompositionBlock, parse_composition
 from ..context import AdapterSetup, ForwardContext, RowGroups
 from .architectures import ArchitectureSpec, get_architecture
 from .modules import get_submodule
+from .spec import LayerStack
 
 SetupResolver = Callable[[], tuple[AdapterCompositionBlock | None, frozenset[int]]]
 SetupValidator = Callable[[AdapterCompositionBlock | None], None]
@@ -67,8 +68,15 @@ class ModelTarget:
         self.spec = spec or get_architecture(self.config.model_type)
         self.resolve_setup = resolve_setup
         self.validate_setup = validate_setup or (lambda setup: None)
-        self.layers: list[nn.Module] = list(get_submodule(base_model, self.spec.layers))
-        self.hidden_size: int = getattr(self.config, self.spec.hidden_size_attr)
+        # every stack's layers, numbered across stacks (encoder first); the stack of each layer
+        self.layers: list[nn.Module] = []
+        self._layer_stacks: list[LayerStack] = []
+        for stack in self.spec.stacks:
+            found = list(get_submodule(base_model, stack.layers))
+            self.layers += found
+            self._layer_stacks += [stack] * len(found)
+        # the first stack's hidden size (the size of every layer unless towers differ, see `hidden_size_of`)
+        self.hidden_size: int = self.spec.stacks[0].hidden_size(self.config)
         # adapter name -> layers holding its modules (kept by the model's add/delete)
         self.adapter_layers: dict[str, frozenset[int]] = {}
         self._guard_handles: list[RemovableHandle] = []
@@ -80,6 +88,23 @@ class ModelTarget:
     def layer_module(self, layer_idx: int, path: str) -> nn.Module:
         """The module at ``path`` inside layer ``layer_idx``."""
         return get_submodule(self.layers[layer_idx], path)
+
+    def stack(self, layer_idx: int) -> LayerStack:
+        """The table's `LayerStack` that layer ``layer_idx`` belongs to."""
+        return self._layer_stacks[layer_idx]
+
+    def stack_layers(self, stack: LayerStack) -> range:
+        """The (model-wide) indices of the layers of ``stack``."""
+        indices = [i for i, s in enumerate(self._layer_stacks) if s is stack]
+        return range(indices[0], indices[-1] + 1) if indices else range(0)
+
+    def hidden_size_of(self, layer_idx: int) -> int:
+        """The hidden size of layer ``layer_idx`` (towers of a multimodal model may differ)."""
+        return self._layer_stacks[layer_idx].hidden_size(self.config)
+
+    def stack_config(self, layer_idx: int) -> Any:
+        """The config that sizes layer ``layer_idx`` (the model config, or a tower's sub-config)."""
+        return self._layer_stacks[layer_idx].config_of(self.config)
 
     # ---- forward context -------------------------------------------------------------------
     def open_context(self, owner: object, kwargs: dict[str, Any] | None = None) -> ForwardContext | None:

@@ -46,7 +46,7 @@ from .gating import GatingKey, store_gating_score
 from .phm import PHMLayer, SharedPHMParameters
 from .shared import SHARED_ATTRIBUTE, delete_shared, get_shared, set_shared
 
-LOCATIONS = {"mh_adapter": "attention", "output_adapter": "ffn"}
+LOCATIONS = {"mh_adapter": "attention", "cross_adapter": "cross_attention", "output_adapter": "ffn"}
 _HANDLES = "_adapterkit_bottleneck_hooks"
 _SITE = "_adapterkit_bottleneck_site"
 FUSION_ATTRIBUTE = "adapter_fusion_layer"
@@ -560,16 +560,15 @@ class BottleneckMethod(AdapterMethod):
         ``invertible_adapters`` (the ``inv_adapter`` module, see `methods.invertible`)."""
         return ("adapters", SHARED_ATTRIBUTE, invertible.ATTRIBUTE)
 
-    def _check(self, config: BnConfig) -> None:
-        unsupported = {
-            "cross_adapter": (config.cross_adapter, "the supported architectures have no cross-attention"),
-        }
-        for key, (bad, why) in unsupported.items():
-            if bad:
-                raise ValueError(f"BnConfig.{key}={getattr(config, key)!r} is not supported: {why}")
+    def _check(self, target: ModelTarget, config: BnConfig) -> None:
+        if config.cross_adapter and not target.spec.is_encoder_decoder:
+            raise ValueError(
+                f"BnConfig.cross_adapter=True needs a model with cross-attention, but {target.spec.model_type!r} "
+                "has none; use cross_adapter=False"
+            )
 
     def add(self, target: ModelTarget, adapter_name: str, config: BnConfig) -> LayerModules:  # type: ignore[override]
-        self._check(config)
+        self._check(target, config)
         generator = None
         if config.init_weights_seed is not None:
             generator = torch.Generator().manual_seed(config.init_weights_seed)
@@ -581,15 +580,18 @@ class BottleneckMethod(AdapterMethod):
             for location, block_name in LOCATIONS.items():
                 if not getattr(config, location):
                     continue
-                block = getattr(target.spec, block_name)
+                block = target.stack(idx).sub_block(block_name)
+                if block is None:  # e.g. cross_adapter in an encoder layer
+                    continue
                 host = get_or_create_host(layer, block.adapter_host)
                 if not hasattr(host, "adapters"):
                     host.adapters = nn.ModuleDict()
                 if generator is not None:
                     generator.manual_seed(config.init_weights_seed)
-                size = int(target.hidden_size // config.reduction_factor_for(idx))
+                hidden_size = target.hidden_size_of(idx)
+                size = int(hidden_size // config.reduction_factor_for(idx))
                 ref = next(layer.parameters())
-                adapter = BottleneckAdapter(target.hidden_size, size, config, generator, shared).to(
+                adapter = BottleneckAdapter(hidden_size, size, config, generator, shared).to(
                     ref.device, ref.dtype
                 )
                 adapter.train(layer.training)
@@ -615,7 +617,14 @@ class BottleneckMethod(AdapterMethod):
         layers = [i for i in range(len(target.layers)) if i not in config.leave_out]
         if not layers or not (config.mh_adapter or config.output_adapter):
             return None
-        sizes = {max(1, int(target.hidden_size // config.reduction_factor_for(i))) for i in layers}
+        hidden_sizes = {target.hidden_size_of(i) for i in layers}
+        if len(hidden_sizes) > 1:
+            raise ValueError(
+                f"shared PHM weights (shared_phm_rule/shared_W_phm) need one hidden size in all layers, but this "
+                f"model's layers have sizes {sorted(hidden_sizes)}; use leave_out to keep one tower, or "
+                "shared_phm_rule=False and shared_W_phm=False"
+            )
+        sizes = {max(1, int(target.hidden_size_of(i) // config.reduction_factor_for(i))) for i in layers}
         if config.shared_W_phm and len(sizes) > 1:
             raise ValueError(
                 f"BnConfig.shared_W_phm=True needs one bottleneck size in all layers, but reduction_factor="
@@ -625,7 +634,7 @@ class BottleneckMethod(AdapterMethod):
         if generator is not None:
             generator.manual_seed(config.init_weights_seed)
         ref = next(target.layers[layers[0]].parameters())
-        shared = SharedPHMParameters(target.hidden_size, min(sizes), config, generator).to(ref.device, ref.dtype)
+        shared = SharedPHMParameters(hidden_sizes.pop(), min(sizes), config, generator).to(ref.device, ref.dtype)
         set_shared(target, adapter_name, shared)
         return shared
 
@@ -672,29 +681,22 @@ class BottleneckMethod(AdapterMethod):
 
     def modules(self, target: ModelTarget, adapter_name: str) -> LayerModules:
         found: LayerModules = {}
-        for idx, layer in enumerate(target.layers):
-            for location, block_name in LOCATIONS.items():
-                host = _find_host(layer, getattr(target.spec, block_name).adapter_host)
-                if host is not None and adapter_name in getattr(host, "adapters", {}):
-                    found.setdefault(idx, {})[location] = host.adapters[adapter_name]
+        for idx, location, host in bottleneck_sites(target):
+            if adapter_name in host.adapters:
+                found.setdefault(idx, {})[location] = host.adapters[adapter_name]
         found.update(invertible.modules(target, adapter_name))
         return found
 
     def _hosts(self, target: ModelTarget) -> list[nn.Module]:
-        hosts = []
-        for layer in target.layers:
-            for block_name in LOCATIONS.values():
-                host = _find_host(layer, getattr(target.spec, block_name).adapter_host)
-                if host is not None and hasattr(host, "adapters"):
-                    hosts.append(host)
-        return hosts
+        return [host for _, _, host in bottleneck_sites(target)]
 
 
 def bottleneck_sites(target: ModelTarget) -> Iterator[tuple[int, str, nn.Module]]:
     """(layer index, location key, host) of every bottleneck location whose host has an ``adapters`` dict."""
     for idx, layer in enumerate(target.layers):
         for location, block_name in LOCATIONS.items():
-            host = _find_host(layer, getattr(target.spec, block_name).adapter_host)
+            block = target.stack(idx).sub_block(block_name)
+            host = _find_host(layer, block.adapter_host) if block is not None else None
             if host is not None and hasattr(host, "adapters"):
                 yield idx, location, host
 

@@ -163,7 +163,7 @@ def add_fusion_layers(
         if not hasattr(host, FUSION_ATTRIBUTE):
             host.add_module(FUSION_ATTRIBUTE, nn.ModuleDict())
         ref = next(host.adapters[adapter_names[-1]].parameters())
-        layer = AdapterFusionLayer(config, target.hidden_size, dropout, adapter_names).to(ref.device, ref.dtype)
+        layer = AdapterFusionLayer(config, target.hidden_size_of(idx), dropout, adapter_names).to(ref.device, ref.dtype)
         layer.train(target.layers[idx].training)
         getattr(host, FUSION_ATTRIBUTE)[name] = layer
         created.setdefault(idx, {})[location] = layer

@@ -40,6 +40,7 @@ from transformers.pytorch_utils import Conv1D
 from ..composition import AdapterCompositionBlock, Stack
 from ..configs import AdapterConfig, LoRAConfig, MTLLoRAConfig, MultiTaskConfig
 from ..context import ForwardContext, RowGroups
+from ..integration.spec import LayerStack
 from ..integration.target import ModelTarget
 from .base import (
     AdapterMethod,
@@ -579,27 +580,22 @@ class LoRAMethod(AdapterMethod):
         """``loras`` (per projection) and ``shared_parameters`` (VeRA's shared A and B on the base model)."""
         return (self.module_attribute, _SHARED)
 
-    def _targets(
-        self, target: ModelTarget, config: LoRAConfig
-    ) -> list[tuple[str, str, tuple[str, ...] | None]]:
-        """(location key, path, fused matrices) for each projection this config adapts."""
-        spec = target.spec
+    def _targets(self, stack: LayerStack, config: LoRAConfig) -> list[tuple[str, str, tuple[str, ...] | None]]:
+        """(location key, path, fused matrices) for each projection of a ``stack`` layer this config adapts.
+        ``selfattn_lora`` covers the cross-attention's projections too (as in AdapterHub)."""
         found: list[tuple[str, str, tuple[str, ...] | None]] = []
         if config.selfattn_lora:
-            if spec.fused_qkv:
+            if stack.fused_qkv:
                 matrices = tuple(m for m in _QKV if m in config.attn_matrices)
                 if matrices:
-                    found.append(("selfattn_lora", spec.fused_qkv, matrices))
-            else:
-                found += [
-                    ("selfattn_lora", spec.attn_projections[m], None)
-                    for m in _QKV
-                    if m in config.attn_matrices
-                ]
+                    found.append(("selfattn_lora", stack.fused_qkv, matrices))
+            for projections in (stack.attn_projections, stack.cross_attn_projections):
+                if projections:
+                    found += [("selfattn_lora", projections[m], None) for m in _QKV if m in config.attn_matrices]
         if config.intermediate_lora:
-            found.append(("intermediate_lora", spec.ffn_intermediate, None))
+            found.append(("intermediate_lora", stack.ffn_intermediate, None))
         if config.output_lora:
-            found.append(("output_lora", spec.ffn_output, None))
+            found.append(("output_lora", stack.ffn_output, None))
         return found
 
     def add(self, target: ModelTarget, adapter_name: str, config: LoRAConfig) -> LayerModules:  # type: ignore[override]
@@ -616,7 +612,7 @@ class LoRAMethod(AdapterMethod):
             (idx, location, matrices, target.layer_module(idx, path))
             for idx in range(len(target.layers))
             if idx not in config.leave_out
-            for location, path, matrices in self._targets(target, config)
+            for location, path, matrices in self._targets(target.stack(idx), config)
         ]
         extra: dict[str, Any] = {}
         if isinstance(config, MTLLoRAConfig):
@@ -684,18 +680,18 @@ class LoRAMethod(AdapterMethod):
     def modules(self, target: ModelTarget, adapter_name: str) -> LayerModules:
         found: LayerModules = {}
         for idx in range(len(target.layers)):
-            for location, path in self._all_locations(target):
+            for location, path in self._all_locations(target.stack(idx)):
                 proj = target.layer_module(idx, path)
                 if adapter_name in getattr(proj, "loras", {}):
                     _add_module(found, idx, location, proj.loras[adapter_name])
         return found
 
-    def _all_locations(self, target: ModelTarget) -> list[tuple[str, str]]:
-        spec = target.spec
-        attn = [spec.fused_qkv] if spec.fused_qkv else [spec.attn_projections[m] for m in _QKV]
+    def _all_locations(self, stack: LayerStack) -> list[tuple[str, str]]:
+        attn = [stack.fused_qkv] if stack.fused_qkv else [stack.attn_projections[m] for m in _QKV]
+        attn += [stack.cross_attn_projections[m] for m in _QKV if stack.cross_attn_projections]
         return [("selfattn_lora", p) for p in attn] + [
-            ("intermediate_lora", spec.ffn_intermediate),
-            ("output_lora", spec.ffn_output),
+            ("intermediate_lora", stack.ffn_intermediate),
+            ("output_lora", stack.ffn_output),
         ]
 
     def merge(self, target: ModelTarget, adapter_name: str) -> None:

@@ -431,41 +431,46 @@ class PrefixTuningMethod(AdapterMethod):
                 f"prefix tuning needs attn_implementation in {list(SUPPORTED_ATTENTION)}, but this model uses "
                 f"{base!r}; switch with model.set_attn_implementation('sdpa') before adding {adapter_name!r}"
             )
-        layers = [idx for idx in range(len(target.layers)) if idx not in config.leave_out]
-        if not layers:
+        places = self._places(target, config)
+        if not places:
             raise ValueError(
-                f"PrefixTuningConfig.leave_out={config.leave_out!r} leaves out all {len(target.layers)} layers"
+                f"PrefixTuningConfig.leave_out={config.leave_out!r} (encoder_prefix={config.encoder_prefix}, "
+                f"cross_prefix={config.cross_prefix}) leaves no attention of the {len(target.layers)} layers"
             )
-        spec = target.spec
-        n_heads, head_dim = head_layout(target.config, target.hidden_size)
         ref = next(target.base_model.parameters())
         seed = config.init_weights_seed
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         module_cls = FlatPrefixTuning if config.flat else PrefixTuning
-        prefix = module_cls(len(layers), n_heads, target.hidden_size, config, head_dim, generator)
-        prefix = prefix.to(ref.device, ref.dtype)
-        prefix.train(target.base_model.training)
         pool = self._pool(target, create=True)
-        pool.prefix_tunings[adapter_name] = PrefixTuningGroup({spec.prefix_location: prefix})  # type: ignore[index]
-        for prefix_id, idx in enumerate(layers):
-            attention = target.layer_module(idx, spec.attention_module)
-            site = getattr(attention, POOL_ATTRIBUTE, None)
-            if site is None:
-                site = PrefixTuningLayer(pool, idx, spec.prefix_location, n_heads, head_dim)  # type: ignore[arg-type]
-                site.train(attention.training)
-                attention.add_module(POOL_ATTRIBUTE, site)
-                site.attach(attention)
-            site.prefixes[adapter_name] = prefix_id
-            if config.use_gating:
-                gate = nn.Linear(target.hidden_size, 1 if config.shared_gating else 2)
-                if generator is not None:
-                    generator.manual_seed(seed)  # type: ignore[arg-type]
-                    _reset_linear(gate, generator)
-                with torch.no_grad():
-                    nn.init.normal_(gate.weight, 0.0, 0.02, generator=generator)
-                gate = gate.to(ref.device, ref.dtype)
-                gate.train(attention.training)
-                site.prefix_gates[adapter_name] = gate
+        group = PrefixTuningGroup()
+        pool.prefix_tunings[adapter_name] = group  # type: ignore[index]
+        for location, sites in places.items():
+            first = sites[0][0]
+            hidden_size = target.hidden_size_of(first)
+            n_heads, head_dim = head_layout(target.stack_config(first), hidden_size)
+            prefix = module_cls(len(sites), n_heads, hidden_size, config, head_dim, generator)
+            prefix = prefix.to(ref.device, ref.dtype)
+            prefix.train(target.base_model.training)
+            group[location] = prefix
+            for prefix_id, (idx, path) in enumerate(sites):
+                attention = target.layer_module(idx, path)
+                site = getattr(attention, POOL_ATTRIBUTE, None)
+                if site is None:
+                    site = PrefixTuningLayer(pool, idx, location, n_heads, head_dim)  # type: ignore[arg-type]
+                    site.train(attention.training)
+                    attention.add_module(POOL_ATTRIBUTE, site)
+                    site.attach(attention)
+                site.prefixes[adapter_name] = prefix_id
+                if config.use_gating:
+                    gate = nn.Linear(hidden_size, 1 if config.shared_gating else 2)
+                    if generator is not None:
+                        generator.manual_seed(seed)  # type: ignore[arg-type]
+                        _reset_linear(gate, generator)
+                    with torch.no_grad():
+                        nn.init.normal_(gate.weight, 0.0, 0.02, generator=generator)
+                    gate = gate.to(ref.device, ref.dtype)
+                    gate.train(attention.training)
+                    site.prefix_gates[adapter_name] = gate
         use_adapter_attention(target.base_model, self.name)
         return self.modules(target, adapter_name)
 
@@ -479,13 +484,32 @@ class PrefixTuningMethod(AdapterMethod):
             object.__setattr__(pool, "_handle", handle)
         return pool
 
+    @staticmethod
+    def _places(target: ModelTarget, config: PrefixTuningConfig) -> dict[str, list[tuple[int, str]]]:
+        """``{location key: [(layer, attention path), ...]}`` of the attentions that get ``config``'s prefix:
+        every self-attention (an encoder-decoder's encoder only with ``encoder_prefix``) and, with
+        ``cross_prefix``, every cross-attention; layers in ``leave_out`` get none."""
+        places: dict[str, list[tuple[int, str]]] = {}
+        encoder_decoder = target.spec.is_encoder_decoder
+        for idx in range(len(target.layers)):
+            if idx in config.leave_out:
+                continue
+            stack = target.stack(idx)
+            if config.encoder_prefix or not encoder_decoder or stack.cross_attention is not None:
+                places.setdefault(stack.prefix_location, []).append((idx, stack.attention_module))
+            if config.cross_prefix and stack.cross_attention_module is not None:
+                places.setdefault(stack.cross_prefix_location, []).append((idx, stack.cross_attention_module))
+        return places
+
     def _sites(self, target: ModelTarget) -> list[tuple[int, nn.Module, PrefixTuningLayer]]:
         found = []
         for idx in range(len(target.layers)):
-            attention = target.layer_module(idx, target.spec.attention_module)
-            site = getattr(attention, POOL_ATTRIBUTE, None)
-            if isinstance(site, PrefixTuningLayer):
-                found.append((idx, attention, site))
+            stack = target.stack(idx)
+            for path in (stack.attention_module, stack.cross_attention_module):
+                attention = target.layer_module(idx, path) if path is not None else None
+                site = getattr(attention, POOL_ATTRIBUTE, None)
+                if isinstance(site, PrefixTuningLayer):
+                    found.append((idx, attention, site))
         return found
 
     def delete(self, target: ModelTarget, adapter_name: str) -> None:
@@ -520,7 +544,9 @@ class PrefixTuningMethod(AdapterMethod):
                 entry["prefix"] = pool.prefix_tunings[adapter_name][site.location]
             if adapter_name in site.prefix_gates:
                 entry["gate"] = site.prefix_gates[adapter_name]
-            found[idx] = {site.location: nn.ModuleDict(entry)} if entry else {}
+            found.setdefault(idx, {})
+            if entry:
+                found[idx][site.location] = nn.ModuleDict(entry)
         return found
 
     def eject(self, target: ModelTarget, adapter_name: str, config: PrefixTuningConfig) -> PrefixTuningConfig:

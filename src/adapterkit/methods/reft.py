@@ -335,7 +335,7 @@ class ReftMethod(AdapterMethod):
             if not config.applies_to(idx):
                 continue
             ref = next(layer.parameters())
-            module = ReftModule(target.hidden_size, config, generator).to(ref.device)
+            module = ReftModule(target.hidden_size_of(idx), config, generator).to(ref.device)
             self._cast(module, dtype or ref.dtype, config.orthogonality)
             module.train(layer.training)
             site = getattr(layer, LAYER_ATTRIBUTE, None)

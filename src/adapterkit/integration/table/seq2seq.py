@@ -1,0 +1,7 @@
+"""Table entries of encoder-decoder models."""
+
+from __future__ import annotations
+
+from ..spec import ArchitectureSpec
+
+ENTRIES: list[ArchitectureSpec] = []

@@ -1,0 +1,9 @@
+"""Tiny configs of encoder-decoder models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+CONFIGS: dict[str, Callable[[], Any]] = {}
+INPUTS: dict[str, Callable[..., dict[str, Any]]] = {}
