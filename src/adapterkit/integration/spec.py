@@ -67,6 +67,9 @@ class LayerStack:
         config_attr: attribute of the model config holding this stack's sub-config (CLIP's ``text_config``);
             None: the model config itself.
         hidden_size_attr: attribute of the (sub-)config holding the hidden size.
+        attention_interface: the attention modules compute attention through transformers'
+            ``AttentionInterface`` (an ``attention_interface(self, query, key, value, ...)`` call); prefix
+            tuning extends keys and values there and is refused where it is False (DeBERTa, GPT-J).
         name: a label for messages and docs (``"encoder"``, ``"decoder"``, ``"text"``, ``"vision"``).
     """
 
@@ -83,6 +86,7 @@ class LayerStack:
     cross_prefix_location: str = "cross_prefix"
     config_attr: str | None = None
     hidden_size_attr: str = "hidden_size"
+    attention_interface: bool = True
     name: str = ""
 
     def __post_init__(self) -> None:

@@ -431,6 +431,13 @@ class PrefixTuningMethod(AdapterMethod):
                 f"prefix tuning needs attn_implementation in {list(SUPPORTED_ATTENTION)}, but this model uses "
                 f"{base!r}; switch with model.set_attn_implementation('sdpa') before adding {adapter_name!r}"
             )
+        own_attention = sorted({s.name or s.layers for s in target.spec.stacks if not s.attention_interface})
+        if own_attention:
+            raise ValueError(
+                f"prefix tuning is not available for {target.spec.model_type!r}: its attention "
+                f"({', '.join(own_attention)}) does not go through transformers' AttentionInterface, where prefix tuning adds its keys and values; "
+                "use LoRA, a bottleneck adapter or prompt tuning instead"
+            )
         places = self._places(target, config)
         if not places:
             raise ValueError(
