@@ -435,7 +435,8 @@ class PrefixTuningMethod(AdapterMethod):
         if own_attention:
             raise ValueError(
                 f"prefix tuning is not available for {target.spec.model_type!r}: its attention "
-                f"({', '.join(own_attention)}) does not go through transformers' AttentionInterface, where prefix tuning adds its keys and values; "
+                f"({', '.join(own_attention)}) does not go through transformers' AttentionInterface, where prefix "
+                "tuning adds its keys and values; "
                 "use LoRA, a bottleneck adapter or prompt tuning instead"
             )
         places = self._places(target, config)
