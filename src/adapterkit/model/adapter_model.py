@@ -79,7 +79,10 @@ class AdapterModel(FlexibleHeadsMixin, ModelAdaptersMixin):
                  "labels": labels, "start_positions": start_positions, "end_positions": end_positions}
         kwargs.update({k: v for k, v in named.items() if v is not None})
         plan = self._head_plan(head, ForwardContext.get_context())
-        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        # only what is given: vision and speech base models take pixel_values / input_features instead
+        inputs: dict[str, Any] = {
+            k: v for k, v in (("input_ids", input_ids), ("attention_mask", attention_mask)) if v is not None
+        }
         if plan is None:
             for key in ("labels", "start_positions", "end_positions"):
                 kwargs.pop(key, None)
