@@ -10,6 +10,8 @@ from tiny_models import decoders, encoders, seq2seq, vision
 _FAMILIES = (encoders, decoders, seq2seq, vision)
 TINY_CONFIGS = {arch: make for family in _FAMILIES for arch, make in family.CONFIGS.items()}
 _INPUTS = {arch: make for family in _FAMILIES for arch, make in family.INPUTS.items()}
+# architectures whose tiny model is not an ``XxxAdapterModel`` (e.g. ``adapterkit.init`` on a composite model)
+_MODELS = {arch: make for family in _FAMILIES for arch, make in getattr(family, "MODELS", {}).items()}
 # the architectures the method and composition tests run on in depth; tests/integration/test_models.py
 # covers every architecture (ALL_ARCHS)
 ARCHS = sorted(["bert", "roberta", "xlm-roberta", "electra", "distilbert", "gpt2", "llama", "mistral", "qwen2"])
@@ -25,8 +27,11 @@ def tiny_config(arch: str, attn_implementation: str = "eager"):
 
 
 def tiny_model(arch: str, attn_implementation: str = "eager", seed: int = 0):
-    """A tiny random ``XxxAdapterModel`` in eval mode."""
+    """A tiny random ``XxxAdapterModel`` in eval mode (for an ``arch`` in a family's ``MODELS``, the model
+    that factory builds from the config, with adapters enabled)."""
     torch.manual_seed(seed)
+    if arch in _MODELS:
+        return _MODELS[arch](tiny_config(arch, attn_implementation)).eval()
     return AutoAdapterModel.from_config(tiny_config(arch, attn_implementation)).eval()
 
 
