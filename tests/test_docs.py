@@ -12,6 +12,7 @@ GUIDES = [
     "bottleneck_family.md",
     "composition.md",
     "fusion.md",
+    "heads.md",
     "lora_family.md",
     "methods.md",
     "parallel_and_generation.md",

@@ -24,6 +24,7 @@ class TaggingHead(PredictionHead):
         activation_function: activation between layers.
         id2label: label names by id (default ``LABEL_<i>``).
         dropout_prob: dropout before each Linear (default: the model config's dropout).
+        bias: bias on the last Linear (recorded in the config only when False, so configs stay AdapterHub's).
     """
 
     head_type = "tagging"
@@ -37,6 +38,7 @@ class TaggingHead(PredictionHead):
         activation_function: str | None = "tanh",
         id2label: dict[int, str] | None = None,
         dropout_prob: float | None = None,
+        bias: bool = True,
     ):
         super().__init__(
             model,
@@ -47,9 +49,10 @@ class TaggingHead(PredictionHead):
                 "activation_function": activation_function,
                 "label2id": label2id_for(num_labels, id2label),
                 "dropout_prob": dropout_prob,
+                **({} if bias else {"bias": False}),
             },
         )
-        self.build(model, num_labels, layers, activation_function)
+        self.build(model, num_labels, layers, activation_function, bias)
 
     def loss(
         self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None

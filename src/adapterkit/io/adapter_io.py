@@ -20,6 +20,7 @@ from packaging.version import InvalidVersion, Version
 from torch import nn
 
 from ..configs import AdapterConfig
+from ..heads.conversion import base_prefix_of, convert_static_head, static_head_conversion
 from ..methods import method_for
 from .files import (
     CONFIG_NAME,
@@ -224,6 +225,11 @@ def _match_keys(
     return matched, unexpected
 
 
+def _swap_prefix(key: str, saved: str, ours: str) -> str:
+    """``key`` with the saving model's base-model prefix replaced by ours (``transformer.x`` -> ``model.x``)."""
+    return f"{ours}.{key[len(saved) + 1:]}" if key.startswith(f"{saved}.") else key
+
+
 def _copy_into(model: nn.Module, matched: dict[str, torch.Tensor]) -> None:
     # every name of a shared tensor: a causal-LM head's weight is tied to the input embeddings
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -276,6 +282,9 @@ def load_adapter(
     weights = read_weights(path, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
     method = method_for(config)
     weights = {k: v for k, v in weights.items() if not method.is_redundant_saved_key(k)}
+    saved_prefix = base_prefix_of(meta.get("model_class"))
+    if saved_prefix and saved_prefix != model.base_model_prefix:  # e.g. LlamaForQuestionAnswering's "transformer"
+        weights = {_swap_prefix(k, saved_prefix, model.base_model_prefix): v for k, v in weights.items()}
     head_data = _read_head(path) if with_head else None
     flexible = getattr(model, "heads", None) is not None
 
@@ -307,11 +316,13 @@ def load_adapter(
             _load_head(model, head_data, path, saved_name, name, id2label)
         elif head_data is not None and head_data[0].get("config") is None and not flexible:
             _load_static_head(model, head_data, path)
+        elif head_data is not None and flexible:
+            _convert_static_head(model, head_data, path, name, id2label)
         elif head_data is not None:
             logger.warning(
-                "not loading the head in %s: converting between static and flexible heads is not "
-                "available in this version",
+                "not loading the flexible head in %s into a %s: flexible heads do not convert to static heads",
                 path,
+                type(model).__name__,
             )
     except Exception:
         if name in model.adapters_config:
@@ -336,16 +347,25 @@ def load_head(
 ) -> str:
     """Load a head folder (``head_config.json`` + weights) into a flexible-head model. Returns its name.
 
+    A head saved from a transformers head class (``config`` null) is converted to a flexible head named
+    ``load_as`` (see `heads.conversion`).
+
     Raises:
         FileNotFoundError: if the folder has no head files.
-        ValueError: for a static (non-flexible) head or weights that do not fit; the model keeps its heads.
+        ValueError: for weights that do not fit, or a static head without ``load_as`` or without a
+            conversion; the model keeps its heads.
     """
     path = Path(save_directory)
     if not (path / HEAD_CONFIG_NAME).is_file():
         raise FileNotFoundError(f"no head at {path}: expected {HEAD_CONFIG_NAME}")
-    head_data = _read_head(path)
-    if head_data is None or head_data[0].get("config") is None:
-        raise ValueError(f"{path} holds a static model head, which this version cannot convert to a flexible head")
+    head_data = read_json(path / HEAD_CONFIG_NAME), read_weights(path, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME)
+    if head_data[0].get("config") is None:
+        static_class = head_data[0].get("model_class")
+        if load_as is None:
+            raise ValueError(f"{path} holds the head of a {static_class}; pass load_as=<head name>")
+        if not _convert_static_head(model, head_data, path, load_as, id2label):
+            raise ValueError(f"{path} holds the head of a {static_class}, which has no flexible head conversion")
+        return load_as
     saved_name = head_data[0].get("name") or path.name
     name = load_as or saved_name
     _load_head(model, head_data, path, saved_name, name, id2label)
@@ -357,6 +377,38 @@ def _read_head(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | N
         return None
     meta = read_json(path / HEAD_CONFIG_NAME)
     return meta, read_weights(path, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME)
+
+
+def _convert_static_head(
+    model: nn.Module,
+    head_data: tuple[dict[str, Any], dict[str, torch.Tensor]],
+    path: Path,
+    name: str,
+    id2label: dict[int, str] | None,
+) -> bool:
+    """Load a head saved from a static-head model (``config`` null) as flexible head ``name``.
+
+    Returns False (with a warning) when its model class has no conversion (see `heads.conversion`).
+    """
+    meta, weights = head_data
+    model_class = meta.get("model_class") or ""
+    saved_type = meta.get("model_type")
+    if saved_type and saved_type != model.config.model_type:
+        raise ValueError(
+            f"the {model_class} head in {path} is for model type {saved_type!r}, this model is "
+            f"{model.config.model_type!r}"
+        )
+    conversion = static_head_conversion(model_class, model.config)
+    if conversion is None:
+        logger.warning("not loading the %s head in %s: it has no flexible head conversion", model_class, path)
+        return False
+    label2id = meta.get("label2id") or None
+    num_labels = meta.get("num_labels")
+    if id2label is not None:
+        label2id = {label: int(i) for i, label in id2label.items()}
+        num_labels = len(label2id)
+    convert_static_head(model, conversion, weights, name, label2id=label2id, num_labels=num_labels)
+    return True
 
 
 def _load_head(

@@ -18,6 +18,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from ..composition import AdapterSetupSpec, parse_composition
 from ..context import ForwardContext
+from ..heads.conversion import checkpoint_conversion, from_static_checkpoint
 from ..integration.architectures import get_architecture
 from .generation import GenerationAdaptersMixin
 from .heads_mixin import FlexibleHeadsMixin, HeadSetup
@@ -174,8 +175,10 @@ class AutoAdapterModel:
     ) -> PreTrainedModel:
         """Load a checkpoint (a base model, or a full adapter model saved with ``save_pretrained``).
 
-        Adapters and heads recorded in its ``config.json`` are re-created and their weights loaded.
-        Keyword arguments go to transformers' ``from_pretrained``.
+        Adapters and heads recorded in its ``config.json`` are re-created and their weights loaded. A
+        checkpoint of a transformers head class (``BertForSequenceClassification``, ``GPT2LMHeadModel``, ...)
+        gets its head as a flexible head named ``default`` (see `heads.conversion`). Keyword arguments go to
+        transformers' ``from_pretrained``.
         """
         config = kwargs.pop("config", None)
         if config is None:
@@ -190,9 +193,13 @@ class AutoAdapterModel:
             config = AutoConfig.from_pretrained(
                 pretrained_model_name_or_path, **{k: kwargs[k] for k in hub_keys if k in kwargs}
             )
-        return adapter_model_class(config).from_pretrained(
-            pretrained_model_name_or_path, *args, config=config, **kwargs
-        )
+        model_class = adapter_model_class(config)
+        conversion = checkpoint_conversion(config) if pretrained_model_name_or_path is not None else None
+        if conversion is not None:
+            return from_static_checkpoint(
+                model_class, pretrained_model_name_or_path, conversion, *args, config=config, **kwargs
+            )
+        return model_class.from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
 
 
 def is_adapter_model(model: nn.Module) -> bool:
