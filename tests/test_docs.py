@@ -11,6 +11,7 @@ DOCS = Path(__file__).parents[1] / "docs"
 GUIDES = [
     "bottleneck_family.md",
     "composition.md",
+    "custom_models.md",
     "fusion.md",
     "heads.md",
     "lora_family.md",

@@ -61,8 +61,11 @@ from .heads import (
     register_head_type,
 )
 from .integration import ArchitectureSpec, LayerStack, SubBlock, register_architecture
+from .integration.interface import ModelInterface
+from .io.interface_io import read_interface
 from .methods import AdapterMethod, register_method
 from .model import AutoAdapterModel, ModelAdaptersConfig, ModelAdaptersMixin, init
+from .model.init import load_model
 
 __version__ = "0.1.0"
 
@@ -113,6 +116,7 @@ __all__ = [
     "MTLLoRAConfig",
     "ModelAdaptersConfig",
     "ModelAdaptersMixin",
+    "ModelInterface",
     "MultiHeadOutput",
     "MultiLabelClassificationHead",
     "MultiTask",
@@ -138,7 +142,9 @@ __all__ = [
     "SubBlock",
     "VeraConfig",
     "init",
+    "load_model",
     "parse_composition",
+    "read_interface",
     "register_architecture",
     "register_head_type",
     "register_method",

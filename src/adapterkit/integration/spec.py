@@ -25,16 +25,22 @@ class SubBlock:
 
     Args:
         output: module whose output is the sub-block output before the residual add.
-        residual_input: module whose first input is the residual stream of this sub-block.
+        residual_input: module whose first input is the residual stream of this sub-block; None: unknown
+            (AdapterHub's plugin interface without ``layer_pre_*``): bottleneck adapters then see the sub-block
+            output alone (residual taken as zero), which only a pre-LN sub-block allows.
         layer_norm: the norm applied to ``output + residual`` in post-LN models; None for pre-LN.
         adapter_host: module that holds this location's bottleneck ``adapters`` dict; created as an
             empty child module when it does not exist (AdapterHub's key names depend on this).
     """
 
     output: str
-    residual_input: str
+    residual_input: str | None
     layer_norm: str | None
     adapter_host: str
+
+    def __post_init__(self) -> None:
+        if self.layer_norm is not None and self.residual_input is None:
+            raise ValueError(f"sub-block {self.output!r}: a post-LN layer_norm needs its residual_input")
 
 
 def _check_projections(owner: str, projections: dict[str, str], fused: str | None, required: bool) -> None:
@@ -52,7 +58,8 @@ class LayerStack:
 
     Args:
         layers: path from the base model to the ``nn.ModuleList`` of layers.
-        attention: the self-attention sub-block (bottleneck location ``mh_adapter``).
+        attention: the self-attention sub-block (bottleneck location ``mh_adapter``); None: the stack has no
+            ``mh_adapter`` location (a custom model's interface without ``attn_o_proj``).
         ffn: the feed-forward sub-block (location ``output_adapter``).
         ffn_intermediate: projection adapted by ``intermediate_lora``.
         ffn_output: projection adapted by ``output_lora``.
@@ -74,7 +81,7 @@ class LayerStack:
     """
 
     layers: str
-    attention: SubBlock
+    attention: SubBlock | None
     ffn: SubBlock
     ffn_intermediate: str
     ffn_output: str
@@ -142,6 +149,8 @@ class ArchitectureSpec:
             enters the first layer (invertible adapters and prompt tuning attach there); None: ``embeddings``
             (GPT-2 adds position embeddings after ``wte``: its ``drop``).
         decoder_only: a causal decoder without an encoder (prompt tuning is refused there).
+        adapter_methods: the method families adapters of this model may use (`integration.interface.ADAPTER_METHODS`
+            names, as AdapterHub's ``adapter_methods``); ``add_adapter`` refuses others. None: every method.
     """
 
     model_type: str
@@ -149,6 +158,7 @@ class ArchitectureSpec:
     embeddings: str | None
     embedding_output: str | None = None
     decoder_only: bool = False
+    adapter_methods: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.stacks:

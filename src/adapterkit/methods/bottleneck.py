@@ -363,6 +363,12 @@ def _capture_residual(site: _Site, module: nn.Module, args: tuple, kwargs: dict)
         ctx.scratch[site] = first_input(args, kwargs)  # type: ignore[union-attr]
 
 
+def _no_residual(site: _Site, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    ctx = ForwardContext.get_context()
+    if _plan(ctx, site):
+        ctx.scratch[site] = None  # type: ignore[union-attr]
+
+
 def _apply_adapters(site: _Site, module: nn.Module, args: tuple, output: Any) -> Any:
     """Forward hook on the sub-block output ``h``: run the active adapters on it.
 
@@ -378,6 +384,8 @@ def _apply_adapters(site: _Site, module: nn.Module, args: tuple, output: Any) ->
         ctx.scratch[(site, "h")] = (h, names)  # type: ignore[union-attr]
         return None
     r = ctx.scratch.pop(site)  # type: ignore[union-attr]
+    if r is None:  # no residual_input in the table: the adapters see the sub-block output alone
+        r = torch.zeros_like(h)
     if site.ln_after_off:
         off = _ln_after_off_rows(ctx, site, names, h)  # type: ignore[arg-type]
         if off is not False:
@@ -583,6 +591,13 @@ class BottleneckMethod(AdapterMethod):
                 block = target.stack(idx).sub_block(block_name)
                 if block is None:  # e.g. cross_adapter in an encoder layer
                     continue
+                if block.residual_input is None and (config.is_parallel or not config.original_ln_after):
+                    raise ValueError(
+                        f"{type(config).__name__} at {location} needs the sub-block's residual stream "
+                        f"({'is_parallel' if config.is_parallel else 'original_ln_after=False'}), which the "
+                        f"{target.spec.model_type!r} model does not give there (a custom model's interface without "
+                        "layer_pre_*); give the layer_pre_* hook point or use a sequential adapter"
+                    )
                 host = get_or_create_host(layer, block.adapter_host)
                 if not hasattr(host, "adapters"):
                     host.adapters = nn.ModuleDict()
@@ -648,10 +663,12 @@ class BottleneckMethod(AdapterMethod):
             return
         norm = target.layer_module(idx, block.layer_norm) if block.layer_norm else None
         site = _Site(host=host, layer_norm=norm, layer_idx=idx, location=location)
-        residual_module = target.layer_module(idx, block.residual_input)
+        # without a residual_input, a pre-hook on the output module records "no residual" (None)
+        residual_module = target.layer_module(idx, block.residual_input or block.output)
+        capture = _capture_residual if block.residual_input else _no_residual
         output_module = target.layer_module(idx, block.output)
         handles = [
-            residual_module.register_forward_pre_hook(partial(_capture_residual, site), with_kwargs=True),
+            residual_module.register_forward_pre_hook(partial(capture, site), with_kwargs=True),
             output_module.register_forward_hook(partial(_apply_adapters, site)),
         ]
         if norm is not None:

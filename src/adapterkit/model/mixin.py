@@ -26,6 +26,7 @@ from ..composition import (
 from ..configs import DEFAULT_ADAPTER_CONFIG, AdapterConfig
 from ..context import checkpoint_context_fn
 from ..integration.architectures import ArchitectureSpec
+from ..integration.interface import check_adapter_methods
 from ..integration.target import ModelTarget
 from ..methods import AdapterMethod, LayerModules, method_for, registered_methods
 from .adapters_config import ModelAdaptersConfig
@@ -88,6 +89,7 @@ class ModelAdaptersMixin(FusionMixin):
         _check_name(adapter_name)
         resolved = AdapterConfig.load(config if config is not None else DEFAULT_ADAPTER_CONFIG)
         method = method_for(resolved)
+        check_adapter_methods(self._adapter_target.spec, resolved, adapter_name)
         if adapter_name in self.adapters_config:
             if not overwrite_ok:
                 raise ValueError(
@@ -503,7 +505,8 @@ class ModelAdaptersMixin(FusionMixin):
         use_safetensors: bool = True,
         with_head: bool = True,
     ) -> None:
-        """Write ``adapter_config.json`` and the adapter weights to ``save_directory``.
+        """Write ``adapter_config.json`` and the adapter weights to ``save_directory`` (plus ``adapter_interface.json``
+        for a model initialised with a `ModelInterface`, as AdapterHub).
 
         Args:
             save_directory: the folder (created if missing).
@@ -516,6 +519,7 @@ class ModelAdaptersMixin(FusionMixin):
             ValueError: for an unknown adapter.
         """
         from ..io.adapter_io import save_adapter
+        from ..io.interface_io import write_interface
 
         save_adapter(
             self,
@@ -525,6 +529,7 @@ class ModelAdaptersMixin(FusionMixin):
             use_safetensors=use_safetensors,
             with_head=with_head,
         )
+        write_interface(self, save_directory)  # adapter_interface.json, for models initialised with an interface
 
     def load_adapter(
         self,
@@ -551,11 +556,14 @@ class ModelAdaptersMixin(FusionMixin):
 
         Raises:
             FileNotFoundError, ValueError: for a missing folder or files, a corrupt file, a
-                model-type or hidden-size mismatch, or weights that do not fit; the model is left
+                model-type or hidden-size mismatch, an ``adapter_interface.json`` that places adapters
+                elsewhere than this model's interface, or weights that do not fit; the model is left
                 as it was.
         """
         from ..io.adapter_io import load_adapter
+        from ..io.interface_io import check_saved_interface
 
+        check_saved_interface(self, adapter_name_or_path)
         return load_adapter(
             self,
             adapter_name_or_path,
@@ -587,9 +595,13 @@ class ModelAdaptersMixin(FusionMixin):
             )
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """transformers' ``save_pretrained``, with the adapters recorded in ``config.json["adapters"]``."""
+        """transformers' ``save_pretrained``, with the adapters recorded in ``config.json["adapters"]`` (and
+        ``adapter_interface.json`` for a model initialised with a `ModelInterface`)."""
+        from ..io.interface_io import write_interface
+
         self.config.adapters = self.adapters_config.to_dict()  # type: ignore[attr-defined]
         super().save_pretrained(save_directory, **kwargs)  # type: ignore[misc]
+        write_interface(self, save_directory)
 
 
 def _sharing_names(adapter_names: MultiTask | list[str] | str) -> list[str]:
