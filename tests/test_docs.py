@@ -16,6 +16,7 @@ GUIDES = [
     "heads.md",
     "lora_family.md",
     "methods.md",
+    "models_encoders.md",
     "parallel_and_generation.md",
     "reft.md",
     "invertible.md",

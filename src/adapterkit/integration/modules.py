@@ -30,6 +30,20 @@ def get_submodule(root: nn.Module, path: str) -> nn.Module:
         raise AttributeError(f"{type(root).__name__} has no submodule {path!r}") from None
 
 
+def get_layer_list(root: nn.Module, path: str) -> list[nn.Module]:
+    """The layers of the layer list (an ``nn.ModuleList``) at dotted ``path`` below ``root``, in order. A ``*``
+    step stands for every entry of the list reached so far, so ``"encoder.groups.*.layers"`` lists the layers
+    of every group in turn (ALBERT).
+
+    Raises:
+        AttributeError: naming the missing path and the module type.
+    """
+    found = [root]
+    for part in path.split(".*."):
+        found = [child for module in found for child in get_submodule(module, part)]
+    return found
+
+
 def get_or_create_host(layer: nn.Module, path: str) -> nn.Module:
     """The module at ``path`` below ``layer``, creating an empty `AdapterHost` at the last step if missing."""
     parent_path, _, name = path.rpartition(".")

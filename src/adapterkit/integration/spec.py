@@ -9,10 +9,12 @@ which ``leave_out`` and ``skip_layers`` use).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 BLOCK_NAMES = ("attention", "cross_attention", "ffn")
+FUSED_QKV_LAYOUTS = ("qkv", "per_head")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class LayerStack:
         ffn_output: projection adapted by ``output_lora``.
         attn_projections: ``{"q": path, "k": path, "v": path}`` of the self-attention.
         fused_qkv: path of a fused q/k/v projection (GPT-2's ``c_attn``); exclusive with the above.
+        fused_qkv_layout: how the fused projection's outputs are ordered: ``"qkv"``, all queries, then all keys,
+            then all values (GPT-2, ModernBERT); ``"per_head"``, per attention head its query, key and value
+            (DeBERTa's ``in_proj``). LoRA places its q/k/v updates on the matching output rows.
         cross_attention: the cross-attention sub-block of a decoder (location ``cross_adapter``), if any.
         cross_attn_projections: q/k/v projections of the cross-attention (adapted like the self-attention's,
             as AdapterHub does).
@@ -87,6 +92,7 @@ class LayerStack:
     ffn_output: str
     attn_projections: dict[str, str] = field(default_factory=dict)
     fused_qkv: str | None = None
+    fused_qkv_layout: str = "qkv"
     cross_attention: SubBlock | None = None
     cross_attn_projections: dict[str, str] = field(default_factory=dict)
     prefix_location: str = "self_prefix"
@@ -102,6 +108,10 @@ class LayerStack:
         _check_projections(f"{label} cross-attention", self.cross_attn_projections, None, required=False)
         if self.cross_attn_projections and self.cross_attention is None:
             raise ValueError(f"{label}: cross_attn_projections given without a cross_attention sub-block")
+        if self.fused_qkv_layout not in FUSED_QKV_LAYOUTS:
+            raise ValueError(
+                f"{label}: fused_qkv_layout={self.fused_qkv_layout!r}; choose from {list(FUSED_QKV_LAYOUTS)}"
+            )
 
     @property
     def attention_module(self) -> str:
@@ -151,6 +161,10 @@ class ArchitectureSpec:
         decoder_only: a causal decoder without an encoder (prompt tuning is refused there).
         adapter_methods: the method families adapters of this model may use (`integration.interface.ADAPTER_METHODS`
             names, as AdapterHub's ``adapter_methods``); ``add_adapter`` refuses others. None: every method.
+        prepare: called once with the base model when adapterkit takes the model over, before any adapter is
+            added; for what the table cannot declare (X-MOD: its built-in language adapters give way to
+            adapterkit's, as in AdapterHub). It must be idempotent and may raise ValueError for configurations
+            the entry does not support.
     """
 
     model_type: str
@@ -159,6 +173,7 @@ class ArchitectureSpec:
     embedding_output: str | None = None
     decoder_only: bool = False
     adapter_methods: tuple[str, ...] | None = None
+    prepare: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
         if not self.stacks:

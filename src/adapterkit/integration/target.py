@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput
 from ..composition import AdapterCompositionBlock, parse_composition
 from ..context import AdapterSetup, ForwardContext, RowGroups
 from .architectures import ArchitectureSpec, get_architecture
-from .modules import get_submodule
+from .modules import get_layer_list, get_submodule
 from .spec import LayerStack
 
 SetupResolver = Callable[[], tuple[AdapterCompositionBlock | None, frozenset[int]]]
@@ -52,7 +52,7 @@ class ModelTarget:
             in force overrides the setup.
 
     Raises:
-        ValueError: if the model type has no architecture entry.
+        ValueError: if the model type has no architecture entry, or its ``prepare`` refuses the model.
         AttributeError: if a path of the entry does not exist in this model.
     """
 
@@ -66,13 +66,15 @@ class ModelTarget:
         self.base_model = base_model
         self.config = base_model.config
         self.spec = spec or get_architecture(self.config.model_type)
+        if self.spec.prepare is not None:
+            self.spec.prepare(base_model)
         self.resolve_setup = resolve_setup
         self.validate_setup = validate_setup or (lambda setup: None)
         # every stack's layers, numbered across stacks (encoder first); the stack of each layer
         self.layers: list[nn.Module] = []
         self._layer_stacks: list[LayerStack] = []
         for stack in self.spec.stacks:
-            found = list(get_submodule(base_model, stack.layers))
+            found = get_layer_list(base_model, stack.layers)
             self.layers += found
             self._layer_stacks += [stack] * len(found)
         # the first stack's hidden size (the size of every layer unless towers differ, see `hidden_size_of`)

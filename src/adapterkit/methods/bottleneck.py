@@ -377,7 +377,8 @@ def _apply_adapters(site: _Site, module: nn.Module, args: tuple, output: Any) ->
     """
     ctx = ForwardContext.get_context()
     names = _plan(ctx, site)
-    if not names:
+    # no residual captured: the module runs again after its sub-block (X-MOD reuses its FFN dropout)
+    if not names or site not in ctx.scratch:  # type: ignore[union-attr]
         return None
     h = main_output(output)
     if site.layer_norm is not None:

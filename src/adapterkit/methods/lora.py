@@ -59,6 +59,34 @@ _STATE = "_adapterkit_lora"  # per-projection state: layer index, hook handle, m
 _SHARED = "shared_parameters"  # base-model ModuleDict of per-adapter shared tensors (VeRA's A and B)
 
 
+class FusedMatrices(tuple):
+    """The q/k/v matrices an adapter enables on a fused projection (a tuple of ``"q"``, ``"k"``, ``"v"``), with
+    the projection's output layout: ``heads`` None for ``[all q | all k | all v]`` (GPT-2), else the number of
+    attention heads whose ``[q_h | k_h | v_h]`` blocks follow each other (DeBERTa's ``in_proj``)."""
+
+    heads: int | None
+
+    def __new__(cls, names: tuple[str, ...], heads: int | None = None) -> FusedMatrices:
+        obj = super().__new__(cls, names)
+        obj.heads = heads
+        return obj
+
+    def to_grouped(self, values: torch.Tensor, dim: int) -> torch.Tensor:
+        """``values`` (the projection's ``3 * d`` outputs along ``dim``) reordered to ``[q | k | v]``."""
+        if self.heads is None:
+            return values
+        dim = dim % values.dim()
+        per_head = values.unflatten(dim, (self.heads, 3, -1))
+        return per_head.transpose(dim, dim + 1).flatten(dim, dim + 2)
+
+    def to_projection(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` in ``[q | k | v]`` order along the last dim, reordered to the projection's output layout."""
+        if self.heads is None:
+            return values
+        grouped = values.unflatten(-1, (3, self.heads, -1))
+        return grouped.transpose(-3, -2).flatten(-3)
+
+
 class _LoRABase(nn.Module):
     """Shared shape bookkeeping: which output slices of the projection this adapter touches."""
 
@@ -85,6 +113,7 @@ class _LoRABase(nn.Module):
         if self.matrices is None:
             return weight
         d = self.out_per_group
+        weight = _grouped(self.matrices, weight, dim=0)
         return torch.cat([weight.narrow(0, _QKV.index(m) * d, d) for m in self.matrices])
 
     def _place(self, values: torch.Tensor, fill: float) -> torch.Tensor:
@@ -94,7 +123,8 @@ class _LoRABase(nn.Module):
         parts = values.split(self.out_per_group, dim=-1)
         by_name = dict(zip(self.matrices, parts, strict=False))
         filler = values.new_full((*values.shape[:-1], self.out_per_group), fill)
-        return torch.cat([by_name.get(m, filler) for m in _QKV], dim=-1)
+        placed = torch.cat([by_name.get(m, filler) for m in _QKV], dim=-1)
+        return self.matrices.to_projection(placed) if isinstance(self.matrices, FusedMatrices) else placed
 
     def _gate(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample gate in (0, 1), one per group, expanded over each group's outputs."""
@@ -445,6 +475,18 @@ def _shape(module: nn.Module) -> tuple[int, int]:
     raise ValueError(f"LoRA can adapt nn.Linear or Conv1D projections, not {type(module).__name__}")
 
 
+def _per_head(target: ModelTarget, idx: int) -> int | None:
+    """The attention heads of layer ``idx``'s fused q/k/v projection if its outputs are ordered per head."""
+    if target.stack(idx).fused_qkv_layout != "per_head":
+        return None
+    return int(target.stack_config(idx).num_attention_heads)
+
+
+def _grouped(matrices: tuple[str, ...], values: torch.Tensor, dim: int) -> torch.Tensor:
+    """A fused projection's outputs along ``dim`` in ``[q | k | v]`` order (see `FusedMatrices`)."""
+    return matrices.to_grouped(values, dim) if isinstance(matrices, FusedMatrices) else values
+
+
 def _weight_oi(proj: nn.Module) -> torch.Tensor:
     """The projection weight as ``(out, in)`` (a ``Conv1D`` stores ``(in, out)``)."""
     return proj.weight.t() if isinstance(proj, Conv1D) else proj.weight
@@ -467,7 +509,16 @@ def _lora_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Te
                 f"adapter {state['merged']!r} is merged into the weights, which applies it to every row; "
                 "call reset_adapter() before running a composed or per-row setup"
             )
-        return run_setup(ctx, LoRAState(args[0], output), _LoRAComposer(module)).y  # type: ignore[arg-type]
+        try:
+            return run_setup(ctx, LoRAState(args[0], output), _LoRAComposer(module)).y  # type: ignore[arg-type]
+        except ValueError as e:
+            if args[0].shape[0] != 1:
+                raise
+            raise ValueError(
+                f"{e}. This projection also runs on a one-row input that serves the whole batch (DeBERTa-v2 with "
+                "share_att_key=True projects its relative-position embeddings with query_proj and key_proj), which "
+                "per-row setups cannot adapt: leave q and k out of attn_matrices for them, or use a Stack"
+            ) from e
     return None
 
 
@@ -580,15 +631,18 @@ class LoRAMethod(AdapterMethod):
         """``loras`` (per projection) and ``shared_parameters`` (VeRA's shared A and B on the base model)."""
         return (self.module_attribute, _SHARED)
 
-    def _targets(self, stack: LayerStack, config: LoRAConfig) -> list[tuple[str, str, tuple[str, ...] | None]]:
+    def _targets(
+        self, stack: LayerStack, config: LoRAConfig, heads: int | None = None
+    ) -> list[tuple[str, str, tuple[str, ...] | None]]:
         """(location key, path, fused matrices) for each projection of a ``stack`` layer this config adapts.
-        ``selfattn_lora`` covers the cross-attention's projections too (as in AdapterHub)."""
+        ``selfattn_lora`` covers the cross-attention's projections too (as in AdapterHub). ``heads``: the
+        attention heads of a fused projection whose outputs are ordered per head (see `FusedMatrices`)."""
         found: list[tuple[str, str, tuple[str, ...] | None]] = []
         if config.selfattn_lora:
             if stack.fused_qkv:
                 matrices = tuple(m for m in _QKV if m in config.attn_matrices)
                 if matrices:
-                    found.append(("selfattn_lora", stack.fused_qkv, matrices))
+                    found.append(("selfattn_lora", stack.fused_qkv, FusedMatrices(matrices, heads)))
             for projections in (stack.attn_projections, stack.cross_attn_projections):
                 if projections:
                     found += [("selfattn_lora", projections[m], None) for m in _QKV if m in config.attn_matrices]
@@ -612,7 +666,7 @@ class LoRAMethod(AdapterMethod):
             (idx, location, matrices, target.layer_module(idx, path))
             for idx in range(len(target.layers))
             if idx not in config.leave_out
-            for location, path, matrices in self._targets(target.stack(idx), config)
+            for location, path, matrices in self._targets(target.stack(idx), config, _per_head(target, idx))
         ]
         extra: dict[str, Any] = {}
         if isinstance(config, MTLLoRAConfig):
@@ -641,7 +695,9 @@ class LoRAMethod(AdapterMethod):
                 proj.loras = nn.ModuleDict()
             proj.loras[adapter_name] = lora
             if _STATE not in proj.__dict__:
-                handle = proj.register_forward_hook(_lora_hook)
+                # first among the projection's hooks: a bottleneck whose sub-block output is this projection
+                # (ALBERT's ffn_output) must see the adapted output, as in AdapterHub
+                handle = proj.register_forward_hook(_lora_hook, prepend=True)
                 proj.__dict__[_STATE] = {
                     "layer_idx": idx,
                     "handle": handle,

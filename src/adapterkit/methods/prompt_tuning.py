@@ -27,6 +27,8 @@ refused at ``set_active_adapters``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -49,6 +51,7 @@ POOL_ATTRIBUTE = "prompt_tuning"
 """Attribute of the base model holding the `PromptTuningPool` (AdapterHub's name)."""
 LOCATION = "prompt"
 _PLAN = "prompt_plan"  # ForwardContext.scratch key: the prompt adapters of each input row
+_UNPROMPTED = "prompt_unprompted"  # ForwardContext.scratch key: {id(extended input): (extended, original)}
 _IGNORE_INDEX = -100
 
 
@@ -112,11 +115,19 @@ class PromptTuningPool(nn.Module):
         object.__setattr__(self, "_target", target)  # a reference, not a child module
         path = target.spec.embedding_output or target.spec.embeddings
         self._handle = get_submodule(target.base_model, path).register_forward_hook(self._insert)
+        embeddings = get_submodule(target.base_model, target.spec.embeddings or path)
+        self._embeddings_handle = embeddings.register_forward_pre_hook(self._unprompted_inputs, with_kwargs=True)
+        # a model taking positions that its embeddings do not (ModernBERT's rotary layers) derives them from the
+        # input length: it gets the prompted length; models whose embeddings take positions (BERT) keep theirs
+        self._positions_after_embeddings = _takes(type(target.base_model), "position_ids") and not _takes(
+            type(embeddings), "position_ids"
+        )
         target.input_hooks[LOCATION] = self._prepare_inputs
 
     def detach(self) -> None:
         """Remove the hooks."""
         self._handle.remove()
+        self._embeddings_handle.remove()
         self._target.input_hooks.pop(LOCATION, None)
 
     # ---- per-row plan ---------------------------------------------------------------------------------
@@ -170,10 +181,21 @@ class PromptTuningPool(nn.Module):
             shape = ids.shape if isinstance(ids, torch.Tensor) else embeds.shape[:-1]
             device = ids.device if isinstance(ids, torch.Tensor) else embeds.device
             mask = torch.ones(shape, dtype=torch.long, device=device)
+        unprompted: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         if isinstance(mask, torch.Tensor) and mask.dim() in (2, 3) and mask.shape[-1] == tokens:
             new_mask = self._per_group(plan, mask, lambda m, names: self._insert_along(m, names, 1, 0, extra))
             args = replace_forward_argument(module, args, kwargs, "attention_mask", new_mask)
             ctx.attention_mask = padding_mask_rows(new_mask)
+            unprompted[id(new_mask)] = (new_mask, mask)
+        if (
+            self._positions_after_embeddings
+            and _takes(type(module), "position_ids")
+            and forward_argument(module, args, kwargs, "position_ids") is None
+        ):
+            device = new_mask.device if unprompted else (ids if isinstance(ids, torch.Tensor) else embeds).device
+            positions = torch.arange(tokens + extra, device=device).unsqueeze(0)
+            args = replace_forward_argument(module, args, kwargs, "position_ids", positions)
+        ctx.scratch[_UNPROMPTED] = unprompted
         labels = kwargs.get("labels")
         if (
             isinstance(labels, torch.Tensor)
@@ -210,6 +232,20 @@ class PromptTuningPool(nn.Module):
             positions = torch.where(positions >= at, positions + length, positions)
         return positions
 
+    def _unprompted_inputs(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
+        """Forward pre-hook of the embeddings: they run on the tokens alone, so an extended mask passed into them
+        (DeBERTa zeroes padded embeddings with it) is given back at its original length."""
+        ctx = ForwardContext.get_context()
+        swaps = ctx.scratch.get(_UNPROMPTED) if ctx is not None else None
+        if not swaps:
+            return None
+
+        def original(value: Any) -> Any:
+            hit = swaps.get(id(value))
+            return hit[1] if hit is not None and hit[0] is value else value
+
+        return tuple(original(a) for a in args), {k: original(v) for k, v in kwargs.items()}
+
     # ---- the embedding output ---------------------------------------------------------------------------
     def _insert(self, module: nn.Module, args: tuple, output: Any) -> Any:
         """Forward hook on the embedding output: insert each row's prompts."""
@@ -242,6 +278,15 @@ class PromptTuningPool(nn.Module):
         if added < total:
             hidden = torch.cat([hidden, hidden.new_zeros(hidden.shape[0], total - added, hidden.shape[2])], dim=1)
         return hidden
+
+
+@functools.cache
+def _takes(module_type: type, name: str) -> bool:
+    """Whether ``module_type.forward`` has a parameter ``name``."""
+    try:
+        return name in inspect.signature(module_type.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _append(value: object, name: str) -> tuple[str, ...]:
