@@ -4,6 +4,8 @@ output when active, and leave it unchanged when deactivated."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import transformers
@@ -25,7 +27,8 @@ def classes_of(arch: str) -> list[str]:
     """Names of the transformers classes of ``arch``'s model type in any Auto mapping (sorted)."""
     model_type = tiny_config(arch).model_type
     # the model type's own classes (a few mappings list other families' classes, e.g. decision models)
-    prefix = modeling_auto.MODEL_MAPPING_NAMES[model_type].removesuffix("Model")
+    # (a composite model type, "encoder-decoder", has no base class: every class listed for it)
+    prefix = modeling_auto.MODEL_MAPPING_NAMES.get(model_type, "").removesuffix("Model")
     names: set[str] = set()
     for mapping in _mappings():
         value = mapping.get(model_type)
@@ -40,13 +43,20 @@ CASES = [pytest.param(arch, name, id=f"{arch}-{name}") for arch in ALL_ARCHS for
 
 def _inputs(arch: str, name: str) -> dict[str, torch.Tensor]:
     inputs = tiny_inputs(arch=arch)
+    # only what the class's forward names (CLIPForImageClassification, of model type "clip", takes images alone)
+    named = inspect.signature(getattr(transformers, name).forward).parameters
+    inputs = {k: v for k, v in inputs.items() if k in named}
+    if name.endswith("ForCausalLM") and "decoder_input_ids" in inputs:  # an encoder-decoder's decoder on its own
+        inputs = {k.removeprefix("decoder_"): v for k, v in inputs.items() if k.startswith("decoder_")}
     if "MultipleChoice" in name:  # (batch, choices, tokens)
         inputs = {k: v.unsqueeze(1).expand(-1, 2, *v.shape[1:]).contiguous() for k, v in inputs.items()}
     return inputs
 
 
 def _tensors(output) -> list[torch.Tensor]:
-    return [v for v in output.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    """The floating-point tensors of an output, also inside tuples (a backbone's ``feature_maps``)."""
+    values = [v for value in output.values() for v in (value if isinstance(value, tuple) else (value,))]
+    return [v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()]
 
 
 @pytest.mark.parametrize(("arch", "name"), CASES)
