@@ -17,6 +17,7 @@ GUIDES = [
     "lora_family.md",
     "methods.md",
     "models_encoders.md",
+    "models_seq2seq.md",
     "parallel_and_generation.md",
     "reft.md",
     "invertible.md",

@@ -7,6 +7,7 @@ from .masked_lm import BertStyleMaskedLMHead
 from .multiple_choice import MultipleChoiceHead
 from .outputs import MultiHeadOutput
 from .question_answering import QuestionAnsweringHead
+from .seq2seq_lm import Seq2SeqLMHead
 from .tagging import TaggingHead
 
 HEAD_TYPES: dict[str, type[PredictionHead]] = {
@@ -19,6 +20,7 @@ HEAD_TYPES: dict[str, type[PredictionHead]] = {
         MultipleChoiceHead,
         BertStyleMaskedLMHead,
         CausalLMHead,
+        Seq2SeqLMHead,
     )
 }
 
@@ -51,5 +53,6 @@ __all__ = [
     "MultipleChoiceHead",
     "PredictionHead",
     "QuestionAnsweringHead",
+    "Seq2SeqLMHead",
     "TaggingHead",
 ]

@@ -36,6 +36,8 @@ class PredictionHead(nn.Sequential, metaclass=ABCMeta):
         self.model_config = model.config
         # decoder-only models summarise a sequence by its last real token, encoders by the first
         self.reads_last_token = model._adapter_target.spec.decoder_only
+        # encoder-decoders read the decoder output at the last eos token (BartForSequenceClassification's rule)
+        self.reads_eos_token = model._adapter_target.spec.is_encoder_decoder
 
     @property
     def hidden_size(self) -> int:
@@ -92,6 +94,23 @@ class PredictionHead(nn.Sequential, metaclass=ABCMeta):
         """Map the base model ``outputs`` to this head's output."""
 
 
+def _last_eos(model_config: Any, hidden: torch.Tensor, input_ids: torch.Tensor | None) -> torch.Tensor:
+    if input_ids is None or input_ids.shape[:2] != hidden.shape[:2]:
+        shape = None if input_ids is None else tuple(input_ids.shape)
+        raise ValueError(
+            "a sequence-level head on an encoder-decoder reads the decoder output at the last eos token of "
+            f"input_ids, which needs input_ids of the decoder output's shape {tuple(hidden.shape[:2])}; got {shape} "
+            "(leave decoder_input_ids out: they are input_ids shifted right)"
+        )
+    eos = input_ids.to(hidden.device) == model_config.eos_token_id
+    if not bool(eos.any(dim=-1).all()):
+        rows = (~eos.any(dim=-1)).nonzero().flatten().tolist()
+        raise ValueError(f"rows {rows} of input_ids have no eos token (id {model_config.eos_token_id})")
+    positions = torch.arange(eos.shape[-1], device=hidden.device)
+    last = (eos * positions).argmax(-1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
 def label2id_for(num_labels: int, id2label: dict[int, str] | None) -> dict[str, int]:
     """A head's ``label2id`` config entry from ``id2label`` (default names ``LABEL_<i>``)."""
     id2label = id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
@@ -104,13 +123,22 @@ def sequence_summary(
     input_ids: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
     use_last_token: bool,
+    use_eos_token: bool = False,
 ) -> torch.Tensor:
     """The per-sequence vector a sequence-level head reads.
 
     Encoders use the first (CLS) token. Decoders use the last real token: the last position
     whose ``attention_mask`` is 1 (correct for left and right padding); without a mask, the
     last token that is not ``pad_token_id`` (AdapterHub's rule), else the last position.
+    Encoder-decoders (``use_eos_token``) use the decoder output at the last ``eos_token_id`` of each
+    row of ``input_ids`` (the decoder runs on them shifted right, so the positions match).
+
+    Raises:
+        ValueError: for ``use_eos_token`` without ``input_ids``, with hidden states of another length,
+            or a row without the eos token.
     """
+    if use_eos_token:
+        return _last_eos(model_config, hidden, input_ids)
     if not use_last_token:
         return hidden[:, 0]
     batch = torch.arange(hidden.shape[0], device=hidden.device)

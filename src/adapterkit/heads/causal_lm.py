@@ -98,8 +98,12 @@ class CausalLMHead(PredictionHead):
         self.to(device=ref.device, dtype=ref.dtype)
         self.train(model.training)
         self._tied_weights_keys: dict[str, str] = {}
-        if getattr(self.model_config, "tie_word_embeddings", True):
+        if self.ties_input_embeddings():
             self._tie_to_input_embeddings(model)
+
+    def ties_input_embeddings(self) -> bool:
+        """Whether the output Linear's weight is the input embedding matrix (the config's ``tie_word_embeddings``)."""
+        return bool(getattr(self.model_config, "tie_word_embeddings", True))
 
     def _tie_to_input_embeddings(self, model: nn.Module) -> None:
         embedding = model.get_input_embeddings().weight

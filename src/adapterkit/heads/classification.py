@@ -69,7 +69,12 @@ class ClassificationHead(PredictionHead):
                 cls_output = outputs["pooler_output"]
             else:
                 cls_output = sequence_summary(
-                    self.model_config, outputs[0], input_ids, attention_mask, self.reads_last_token
+                    self.model_config,
+                    outputs[0],
+                    input_ids,
+                    attention_mask,
+                    self.reads_last_token,
+                    self.reads_eos_token,
                 )
         return self.mlp(cls_output)
 

@@ -554,6 +554,9 @@ _ROWS: dict[str, dict[str, StaticHeadEntry]] = {
     "llama": _DECODER,
     "mistral": _DECODER,
     "qwen2": _DECODER,
+    # encoder-decoders: lm_head on the decoder output (T5's scaling and tie follow the config, see Seq2SeqLMHead;
+    # BART's final_logits_bias buffer, zeros in released checkpoints, is left out as AdapterHub does)
+    **{t: {"ForConditionalGeneration": StaticHead(("lm_head",))} for t in ("t5", "mt5", "bart", "mbart", "plbart")},
 }
 for _model_type, _rows in _ROWS.items():
     for _kind, _entry in _rows.items():

@@ -100,7 +100,12 @@ class MultipleChoiceHead(PredictionHead):
                 cls_output = outputs["pooler_output"]
             else:
                 cls_output = sequence_summary(
-                    self.model_config, outputs[0], input_ids, attention_mask, self.reads_last_token
+                    self.model_config,
+                    outputs[0],
+                    input_ids,
+                    attention_mask,
+                    self.reads_last_token,
+                    self.reads_eos_token,
                 )
         num_choices = self._input_choices or self.config["num_choices"]
         logits = self.mlp(cls_output).view(-1, num_choices)

@@ -50,6 +50,8 @@ _CONFIGS = "_adapterkit_attention_configs"  # model.__dict__ key: the configs th
 _FOUR_D_BASES = ("eager", "sdpa", "paged|eager")  # bases whose masks are 4-D tensors (bool or additive)
 _ADDITIVE_BASES = ("eager", "paged|eager")  # bases whose attention adds a float mask to the scores
 _REGISTERED: set[str] = set()
+# attention-function keyword arguments holding an additive bias over the key axis (T5's relative position bias)
+_KEY_AXIS_BIASES = ("position_bias",)
 _EAGER_BY_TYPE: dict[type, Callable] = {}
 
 
@@ -166,6 +168,7 @@ def _make_attention(base: str) -> Callable:
                 extension = hook(module, query, key, value)
                 if extension is not None and extension.added:
                     attention_mask = extend_attention_mask(attention_mask, extension, query, module, base)
+                    _extend_key_biases(kwargs, extension, key.shape[-2])
                     key, value = extension.key, extension.value
                 elif extension is not None:
                     key, value = extension.key, extension.value
@@ -174,6 +177,15 @@ def _make_attention(base: str) -> Callable:
     attention.__name__ = f"{PREFIX}{base}_attention_forward"
     attention.__qualname__ = attention.__name__
     return attention
+
+
+def _extend_key_biases(kwargs: dict[str, Any], extension: KVExtension, kv_length: int) -> None:
+    """Give the prepended slots a zero entry in the additive key-axis biases among ``kwargs`` (T5's relative
+    ``position_bias``): they carry no position, and the real keys keep theirs."""
+    for name in _KEY_AXIS_BIASES:
+        bias = kwargs.get(name)
+        if isinstance(bias, torch.Tensor) and bias.dim() == 4 and bias.shape[-1] == kv_length:
+            kwargs[name] = torch.nn.functional.pad(bias, (extension.added, 0))
 
 
 def _base_function(base: str, module: nn.Module) -> Callable:

@@ -17,13 +17,21 @@ class AdapterHost(nn.Module):
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:
-    """The module at dotted ``path`` below ``root`` (``""`` is ``root`` itself).
+    """The module at dotted ``path`` below ``root`` (``""`` is ``root`` itself). ``"a|b"`` names alternatives:
+    the first that exists (T5's feed-forward input is ``wi``, or ``wi_1`` when gated).
 
     Raises:
         AttributeError: naming the missing path and the module type.
     """
     if not path:
         return root
+    if "|" in path:
+        for alternative in path.split("|"):
+            try:
+                return root.get_submodule(alternative)
+            except AttributeError:
+                continue
+        raise AttributeError(f"{type(root).__name__} has none of the submodules {path.split('|')}")
     try:
         return root.get_submodule(path)
     except AttributeError:

@@ -33,16 +33,40 @@ class SubBlock:
         layer_norm: the norm applied to ``output + residual`` in post-LN models; None for pre-LN.
         adapter_host: module that holds this location's bottleneck ``adapters`` dict; created as an
             empty child module when it does not exist (AdapterHub's key names depend on this).
+        adapter_flag: the ``BnConfig`` flag that puts bottleneck adapters here; None: the location's own
+            (``mh_adapter``, ``cross_adapter``, ``output_adapter``). A BERT decoder's cross-attention follows
+            ``mh_adapter``, as in AdapterHub.
+        adapter_norm: a pre-LN sub-block's norm that the model applies to ``output`` alone before the residual
+            add (Gemma-2/3's post-attention and post-feed-forward norms); bottleneck adapters normalise
+            ``output + residual`` with it as their input (``original_ln_before``), and the model's norm and
+            residual add follow, as AdapterHub's plugin interface does with ``layer_ln_1``/``layer_ln_2``.
+        parallel_to: the sub-block (a `BLOCK_NAMES` name) that runs side by side with this one on the same layer
+            input (GPT-J, GPT-NeoX: ``x + attn(ln(x)) + mlp(ln(x))``); this sub-block's residual stream is then
+            the first input of `residual_input` plus that sub-block's output as its adapters left it
+            (AdapterHub's GPT-J).
+        parallel_if: a config attribute that switches `parallel_to` on (GPT-NeoX's ``use_parallel_residual``);
+            None: always.
     """
 
     output: str
     residual_input: str | None
     layer_norm: str | None
     adapter_host: str
+    adapter_flag: str | None = None
+    adapter_norm: str | None = None
+    parallel_to: str | None = None
+    parallel_if: str | None = None
 
     def __post_init__(self) -> None:
         if self.layer_norm is not None and self.residual_input is None:
             raise ValueError(f"sub-block {self.output!r}: a post-LN layer_norm needs its residual_input")
+        if self.adapter_norm is not None and self.layer_norm is not None:
+            raise ValueError(f"sub-block {self.output!r}: give adapter_norm (pre-LN) or layer_norm (post-LN), not both")
+        if self.parallel_to is not None and (self.parallel_to not in BLOCK_NAMES or self.residual_input is None):
+            raise ValueError(
+                f"sub-block {self.output!r}: parallel_to={self.parallel_to!r} needs a residual_input and one of "
+                f"{list(BLOCK_NAMES)}"
+            )
 
 
 def _check_projections(owner: str, projections: dict[str, str], fused: str | None, required: bool) -> None:
@@ -76,9 +100,14 @@ class LayerStack:
         prefix_location: the self-attention's key in prefix tuning's state-dict names (AdapterHub's location
             key: ``"self_prefix"``; ``"encoder_prefix"`` for an encoder-decoder's encoder; DistilBERT ``"self"``).
         cross_prefix_location: the cross-attention's prefix key.
+        prefix_pool: path from the base model to the module holding the prefix-tuning pool of this stack's
+            prefixes; None: the base model. Stacks with one pool share a prefix module per location key
+            (an ``EncoderDecoderModel`` keeps one pool per half, as AdapterHub).
         config_attr: attribute of the model config holding this stack's sub-config (CLIP's ``text_config``);
             None: the model config itself.
         hidden_size_attr: attribute of the (sub-)config holding the hidden size.
+        padding_mask: the model forward's argument holding this stack's padding mask (ReFT places its positions
+            by it): ``"attention_mask"``; an encoder-decoder's decoder: ``"decoder_attention_mask"``.
         attention_interface: the attention modules compute attention through transformers'
             ``AttentionInterface`` (an ``attention_interface(self, query, key, value, ...)`` call); prefix
             tuning extends keys and values there and is refused where it is False (DeBERTa, GPT-J).
@@ -97,8 +126,10 @@ class LayerStack:
     cross_attn_projections: dict[str, str] = field(default_factory=dict)
     prefix_location: str = "self_prefix"
     cross_prefix_location: str = "cross_prefix"
+    prefix_pool: str | None = None
     config_attr: str | None = None
     hidden_size_attr: str = "hidden_size"
+    padding_mask: str = "attention_mask"
     attention_interface: bool = True
     name: str = ""
 
@@ -158,9 +189,29 @@ class ArchitectureSpec:
         embedding_output: path from the base model to the module whose output is the embedding output that
             enters the first layer (invertible adapters and prompt tuning attach there); None: ``embeddings``
             (GPT-2 adds position embeddings after ``wte``: its ``drop``).
+        prompt_output: path from the base model to the module whose output gets prompt tuning's prompts, where
+            that is not `embedding_output` (BART builds its encoder mask and positions from the token embeddings,
+            so prompts go there: ``encoder.embed_tokens``); None: `embedding_output`.
+        invertible_host: path from the base model to the module holding the ``invertible_adapters`` dict
+            (AdapterHub's key names: an encoder-decoder keeps them on its encoder, ``"encoder"``); ``""``: the base
+            model.
         decoder_only: a causal decoder without an encoder (prompt tuning is refused there).
         adapter_methods: the method families adapters of this model may use (`integration.interface.ADAPTER_METHODS`
             names, as AdapterHub's ``adapter_methods``); ``add_adapter`` refuses others. None: every method.
+        scale_tied_lm_output: LM heads multiply the last stack's output by ``hidden_size ** -0.5`` when the model
+            embeddings are tied (T5's rule, as ``T5ForConditionalGeneration``).
+        lm_tie_attr: the model config attribute saying whether LM heads are tied to the input embeddings
+            (``tie_word_embeddings``; transformers 5 forces T5's to True and keeps the saved value as
+            ``scale_decoder_outputs``); None: never tied (mT5).
+        prompt_tuning_refusal: why prompt tuning cannot work on this model (``add_adapter`` refuses it with this
+            reason): CLIP's text tower pools the token at a position read from ``input_ids``, BEiT's relative
+            position bias is sized for the patch grid; None: prompt tuning is available.
+        pooled_summary: sequence-level heads read the base model's ``pooler_output`` whatever their ``use_pooler``
+            (BEiT's pooler averages the patch tokens; AdapterHub's BEiT model passes it to every head).
+        saved_names: ``(our path, AdapterHub's path)`` pairs of module-path fragments where transformers 5 renamed
+            modules that AdapterHub's adapter files (saved under transformers 4) name, e.g. ViT's
+            ``("layers", "encoder.layer")``: adapter weights are written with AdapterHub's names and read back to
+            ours (see `integration.saved_names`).
         prepare: called once with the base model when adapterkit takes the model over, before any adapter is
             added; for what the table cannot declare (X-MOD: its built-in language adapters give way to
             adapterkit's, as in AdapterHub). It must be idempotent and may raise ValueError for configurations
@@ -171,8 +222,15 @@ class ArchitectureSpec:
     stacks: tuple[LayerStack, ...]
     embeddings: str | None
     embedding_output: str | None = None
+    prompt_output: str | None = None
+    invertible_host: str = ""
     decoder_only: bool = False
     adapter_methods: tuple[str, ...] | None = None
+    scale_tied_lm_output: bool = False
+    lm_tie_attr: str | None = "tie_word_embeddings"
+    prompt_tuning_refusal: str | None = None
+    pooled_summary: bool = False
+    saved_names: tuple[tuple[str, str], ...] = ()
     prepare: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
@@ -190,6 +248,13 @@ class ArchitectureSpec:
         if len(self.stacks) != 1:
             raise ValueError(f"architecture {self.model_type!r} has {len(self.stacks)} layer stacks, not one")
         return self.stacks[0]
+
+    @property
+    def has_towers(self) -> bool:
+        """Whether the stacks are independent towers with inputs of their own (CLIP's text and vision encoders):
+        several stacks, none with cross-attention. `Parallel` is refused there: its channels would be replicated
+        per tower and mixed in the towers' joint output."""
+        return len(self.stacks) > 1 and not self.is_encoder_decoder
 
     @property
     def is_encoder_decoder(self) -> bool:

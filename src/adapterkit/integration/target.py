@@ -40,6 +40,9 @@ FORWARD_ARGUMENTS = (
     "adapter_input_parallelized",  # the batch is already replicated for Parallel (generate does this)
 )
 _BATCH_INPUTS = ("input_ids", "inputs_embeds", "attention_mask", "pixel_values", "input_features")
+PADDING_MASKS = "padding_masks"
+"""`ForwardContext.scratch` key (with the argument name) of the padding masks of stacks whose mask is not the
+forward's ``attention_mask`` (see `stack_padding_mask`)."""
 
 
 class ModelTarget:
@@ -169,10 +172,19 @@ class ModelTarget:
         """
         self.remove_context_guards()
         self.root = root
-        # the base model too: users call ``model.base_model(...)`` directly
-        for module in dict.fromkeys([root, self.base_model]):
+        # the base model too: users call ``model.base_model(...)`` directly; and an encoder-decoder's encoder,
+        # which generate() runs on its own before the decoding steps
+        entry_points = [root, self.base_model]
+        if self.spec.is_encoder_decoder:
+            entry_points.append(self.base_model.get_encoder())
+        for module in dict.fromkeys(entry_points):
             self._guard_handles.append(module.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
             self._guard_handles.append(module.register_forward_hook(self._root_post_hook, always_call=True))
+        for stack in self.spec.stacks[1:]:
+            owner = stack.layers.split(".*.")[0].rpartition(".")[0]
+            if owner:  # a stack entered after the replication (a decoder after its encoder) gets copies too
+                module = get_submodule(self.base_model, owner)
+                self._guard_handles.append(module.register_forward_pre_hook(_stack_guard, with_kwargs=True))
         for idx, layer in enumerate(self.layers):
             hook = _LayerGuard(self, idx)
             self._guard_handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
@@ -197,6 +209,8 @@ class ModelTarget:
         """Record the padding mask of the forward that opened ``ctx`` (``ctx.attention_mask``) and run the
         `input_hooks` on its inputs. Returns the positional arguments (``kwargs`` is changed in place)."""
         ctx.attention_mask = padding_mask_rows(forward_argument(module, args, kwargs, "attention_mask"))
+        for argument in {s.padding_mask for s in self.spec.stacks} - {"attention_mask"}:  # e.g. a decoder's
+            ctx.scratch[(PADDING_MASKS, argument)] = padding_mask_rows(forward_argument(module, args, kwargs, argument))
         for hook in list(self.input_hooks.values()):
             args = hook(ctx, module, args, kwargs)
         return args
@@ -280,6 +294,16 @@ class _LayerGuard:
         return _replicate(args, ctx), {k: _replicate(v, ctx) for k, v in kwargs.items()}
 
 
+def _stack_guard(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
+    """Forward pre-hook of a stack's module (an encoder-decoder's decoder): once `Parallel` has replicated the
+    batch in an earlier stack, the stack's own inputs (decoder input ids, the encoder's padding mask) are repeated
+    too, before the stack builds its masks from them."""
+    ctx = ForwardContext.get_context()
+    if ctx is None or ctx.parallel_channels == 1 or not ctx.replicated or ctx.original_batch_size is None:
+        return None
+    return _replicate(args, ctx), {k: _replicate(v, ctx) for k, v in kwargs.items()}
+
+
 def _replicate(value: Any, ctx: ForwardContext) -> Any:
     """``value`` with every batch-first tensor of the un-replicated batch size repeated once per channel
     (cached per tensor, so masks shared by all layers are repeated once)."""
@@ -332,6 +356,14 @@ def replace_forward_argument(module: nn.Module, args: tuple, kwargs: dict[str, A
         return (*args[:index], value, *args[index + 1 :])
     kwargs[name] = value
     return args
+
+
+def stack_padding_mask(ctx: ForwardContext, stack: LayerStack) -> torch.Tensor | None:
+    """The padding mask ``(rows, tokens)`` of ``stack``'s layers in the forward of ``ctx`` (its
+    `LayerStack.padding_mask` argument), or None when the forward gave none."""
+    if stack.padding_mask == "attention_mask":
+        return ctx.attention_mask
+    return ctx.scratch.get((PADDING_MASKS, stack.padding_mask))
 
 
 def padding_mask_rows(mask: Any) -> torch.Tensor | None:

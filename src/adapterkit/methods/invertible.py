@@ -46,7 +46,8 @@ from ..integration.target import ModelTarget
 from .compose import row_plan
 
 ATTRIBUTE = "invertible_adapters"
-"""Attribute of the base model holding every adapter's invertible module (AdapterHub's name)."""
+"""Attribute of the base model (an encoder-decoder's encoder, `ArchitectureSpec.invertible_host`) holding every
+adapter's invertible module (AdapterHub's name)."""
 LOCATION = "invertible"
 _SITE = "_adapterkit_invertible_site"  # base_model.__dict__ key of the `_Site`
 _PLAN = "invertible_plan"  # ForwardContext.scratch key: the per-row module names of this forward
@@ -145,7 +146,7 @@ class _Site:
 
     def __init__(self, target: ModelTarget, embedding_output: nn.Module):
         self.target = target
-        self.adapters: nn.ModuleDict = getattr(target.base_model, ATTRIBUTE)
+        self.adapters: nn.ModuleDict = getattr(_host(target), ATTRIBUTE)
         # first among the embedding output's hooks: AdapterHub applies it before inserting prompts
         self.embedding_handle = embedding_output.register_forward_hook(self._forward_hook, prepend=True)
         self.target.input_hooks[LOCATION] = self._input_hook
@@ -172,17 +173,24 @@ class _Site:
         return plan
 
     def _input_hook(self, ctx: ForwardContext, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple:
-        """Replicate the model inputs for a `Parallel` setup whose channels use different invertible modules."""
-        if ctx.parallel_channels == 1 or ctx.replicated or not ctx.active_names & set(self.adapters):
+        """Replicate the model inputs for a `Parallel` setup whose channels use different invertible modules, and
+        plan the rows' modules for the inverse (also for a forward that skips the embeddings: an encoder-decoder's
+        decoding step given ``encoder_outputs``)."""
+        if not ctx.active_names & set(self.adapters):
             return args
         rows = self.target.input_batch_size(module, args, kwargs)
         if rows is None:
             return args
-        per_row = row_plan(ctx, rows * ctx.parallel_channels, _EVERY_NAME, _first)
-        channels = {tuple(self._modules_of(per_row[i * rows : (i + 1) * rows])) for i in range(ctx.parallel_channels)}
-        if len(channels) == 1:
-            return args
-        return self.target.replicate_inputs(ctx, module, args, kwargs)
+        if ctx.parallel_channels > 1 and not ctx.replicated:
+            per_row = row_plan(ctx, rows * ctx.parallel_channels, _EVERY_NAME, _first)
+            channels = {
+                tuple(self._modules_of(per_row[i * rows : (i + 1) * rows])) for i in range(ctx.parallel_channels)
+            }
+            if len(channels) > 1:
+                args = self.target.replicate_inputs(ctx, module, args, kwargs)
+                rows = self.target.input_batch_size(module, args, kwargs) or rows
+        self.plan(ctx, rows)
+        return args
 
     def _modules_of(self, names: list[str | None]) -> list[str | None]:
         return [name if name in self.adapters else None for name in names]
@@ -260,6 +268,11 @@ def _output_embeddings(root: nn.Module) -> list[nn.Module]:
     return found
 
 
+def _host(target: ModelTarget) -> nn.Module:
+    """The module holding the ``invertible_adapters`` dict (`ArchitectureSpec.invertible_host`)."""
+    return get_submodule(target.base_model, target.spec.invertible_host)
+
+
 def _embedding_size(target: ModelTarget) -> int:
     return getattr(target.config, "embedding_size", None) or target.hidden_size
 
@@ -283,10 +296,10 @@ def add(target: ModelTarget, adapter_name: str, config: BnConfig) -> dict[int, d
             f"{config.inv_adapter!r}; expected a positive number at most {size // 2} (half the embedding size "
             f"{size} divided by it is the coupling networks' hidden size)"
         )
-    base = target.base_model
-    if not hasattr(base, ATTRIBUTE):
-        base.add_module(ATTRIBUTE, nn.ModuleDict())
-    adapters: nn.ModuleDict = getattr(base, ATTRIBUTE)
+    base, host = target.base_model, _host(target)
+    if not hasattr(host, ATTRIBUTE):
+        host.add_module(ATTRIBUTE, nn.ModuleDict())
+    adapters: nn.ModuleDict = getattr(host, ATTRIBUTE)
     generator = (
         torch.Generator().manual_seed(config.init_weights_seed) if config.init_weights_seed is not None else None
     )
@@ -303,8 +316,8 @@ def add(target: ModelTarget, adapter_name: str, config: BnConfig) -> dict[int, d
 
 def delete(target: ModelTarget, adapter_name: str) -> None:
     """Remove ``adapter_name``'s invertible module (and the hooks, with the last one)."""
-    base = target.base_model
-    adapters = getattr(base, ATTRIBUTE, None)
+    base, host = target.base_model, _host(target)
+    adapters = getattr(host, ATTRIBUTE, None)
     if adapters is None or adapter_name not in adapters:
         return
     del adapters[adapter_name]
@@ -312,12 +325,12 @@ def delete(target: ModelTarget, adapter_name: str) -> None:
         site = base.__dict__.pop(_SITE, None)
         if site is not None:
             site.remove()
-        delattr(base, ATTRIBUTE)
+        delattr(host, ATTRIBUTE)
 
 
 def modules(target: ModelTarget, adapter_name: str) -> dict[int, dict[str, nn.Module]]:
     """``{-1: {"invertible": module}}`` for ``adapter_name``, or ``{}``."""
-    adapters = getattr(target.base_model, ATTRIBUTE, None)
+    adapters = getattr(_host(target), ATTRIBUTE, None)
     if adapters is None or adapter_name not in adapters:
         return {}
     return {-1: {LOCATION: adapters[adapter_name]}}

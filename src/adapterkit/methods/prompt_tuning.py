@@ -113,7 +113,7 @@ class PromptTuningPool(nn.Module):
         super().__init__()
         self.prompt_tunings = nn.ModuleDict()
         object.__setattr__(self, "_target", target)  # a reference, not a child module
-        path = target.spec.embedding_output or target.spec.embeddings
+        path = target.spec.prompt_output or target.spec.embedding_output or target.spec.embeddings
         self._handle = get_submodule(target.base_model, path).register_forward_hook(self._insert)
         embeddings = get_submodule(target.base_model, target.spec.embeddings or path)
         self._embeddings_handle = embeddings.register_forward_pre_hook(self._unprompted_inputs, with_kwargs=True)
@@ -169,13 +169,16 @@ class PromptTuningPool(nn.Module):
         ids = forward_argument(module, args, kwargs, "input_ids")
         embeds = forward_argument(module, args, kwargs, "inputs_embeds")
         tokens = ids.shape[-1] if isinstance(ids, torch.Tensor) else embeds.shape[-2] if embeds is not None else None
+        encoder_decoder = self._target.spec.is_encoder_decoder
+        mask = forward_argument(module, args, kwargs, "attention_mask")
+        if tokens is None and encoder_decoder and isinstance(mask, torch.Tensor):
+            tokens = _unprompted_length(kwargs.get("encoder_outputs"), mask, self, ctx, rows)
         if rows is None or tokens is None:
             return args
         plan = self.plan(ctx, rows)
         if not any(plan):
             return args
         extra = self._extra(plan)
-        mask = forward_argument(module, args, kwargs, "attention_mask")
         if mask is None and len({sum(n for _, n in self._steps(names)) for names in plan}) > 1:
             # rows with shorter prompts get padding positions, which need a mask
             shape = ids.shape if isinstance(ids, torch.Tensor) else embeds.shape[:-1]
@@ -196,6 +199,8 @@ class PromptTuningPool(nn.Module):
             positions = torch.arange(tokens + extra, device=device).unsqueeze(0)
             args = replace_forward_argument(module, args, kwargs, "position_ids", positions)
         ctx.scratch[_UNPROMPTED] = unprompted
+        if encoder_decoder:  # labels and answer positions belong to the decoder's (unprompted) tokens
+            return args
         labels = kwargs.get("labels")
         if (
             isinstance(labels, torch.Tensor)
@@ -287,6 +292,22 @@ def _takes(module_type: type, name: str) -> bool:
         return name in inspect.signature(module_type.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _unprompted_length(
+    encoder_outputs: Any, mask: torch.Tensor, pool: PromptTuningPool, ctx: ForwardContext, rows: int | None
+) -> int | None:
+    """The encoder's input length when an encoder-decoder forward gets ``encoder_outputs`` (prompted already)
+    with the unprompted padding ``mask`` (generate()'s decoding steps); None when the mask fits the outputs."""
+    hidden = getattr(encoder_outputs, "last_hidden_state", None)
+    if hidden is None and isinstance(encoder_outputs, (tuple, list)) and encoder_outputs:
+        hidden = encoder_outputs[0]
+    if not isinstance(hidden, torch.Tensor) or rows is None:
+        return None
+    plan = pool.plan(ctx, rows)
+    if any(plan) and hidden.shape[1] == mask.shape[-1] + pool._extra(plan):
+        return mask.shape[-1]
+    return None
 
 
 def _append(value: object, name: str) -> tuple[str, ...]:

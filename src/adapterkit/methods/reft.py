@@ -36,7 +36,8 @@ from ..composition import Average, BatchSplit, MultiTask, Parallel, Stack
 from ..configs.reft import ReftConfig
 from ..context import ForwardContext
 from ..integration.modules import main_output, with_main_output
-from ..integration.target import ModelTarget, forward_argument
+from ..integration.spec import LayerStack
+from ..integration.target import ModelTarget, forward_argument, stack_padding_mask
 from .base import AdapterMethod, LayerModules, active_in_order, composed_here, register_method
 from .bottleneck import Activation
 from .compose import Composer, SiteState, run_setup
@@ -148,12 +149,14 @@ class ReftLayer(nn.Module):
 
     Args:
         layer_idx: the layer's index.
+        stack: the table's stack of the layer (whose padding mask places the positions).
     """
 
-    def __init__(self, layer_idx: int):
+    def __init__(self, layer_idx: int, stack: LayerStack | None = None):
         super().__init__()
         self.refts = nn.ModuleDict()
         self.layer_idx = layer_idx
+        object.__setattr__(self, "stack", stack)
         self._handle: Any = None
 
     def attach(self, layer: nn.Module) -> None:
@@ -172,7 +175,7 @@ class ReftLayer(nn.Module):
         if not names and not composed_here(ctx, self.refts, self.layer_idx):
             return None
         hidden = main_output(output)
-        positions = Positions.for_forward(ctx, hidden)  # type: ignore[arg-type]
+        positions = Positions.for_forward(ctx, hidden, self.stack)  # type: ignore[arg-type]
         if names:
             for name in names:
                 hidden = self.refts[name].intervene(hidden, positions)
@@ -197,19 +200,20 @@ class Positions:
     start: int
 
     @staticmethod
-    def for_forward(ctx: ForwardContext, hidden: torch.Tensor) -> Positions:
-        """The positions of this forward's rows, from ``ctx.attention_mask`` (computed once per forward and
-        hidden-state shape; a mask of the un-replicated batch is repeated for `Parallel`'s copies).
+    def for_forward(ctx: ForwardContext, hidden: torch.Tensor, stack: LayerStack | None = None) -> Positions:
+        """The positions of this forward's rows, from the padding mask of their ``stack`` (see
+        `stack_padding_mask`; default ``ctx.attention_mask``). Computed once per forward, mask and hidden-state
+        shape; a mask of the un-replicated batch is repeated for `Parallel`'s copies.
 
         Raises:
             RuntimeError: if the mask cannot describe these hidden states (naming both shapes).
         """
         rows, tokens = hidden.shape[0], hidden.shape[1]
-        key = ("reft_positions", rows, tokens)
+        mask = ctx.attention_mask if stack is None else stack_padding_mask(ctx, stack)
+        key = ("reft_positions", rows, tokens, id(mask))
         cached = ctx.scratch.get(key)
         if cached is not None:
             return cached
-        mask = ctx.attention_mask
         device = hidden.device
         if mask is None:  # every token is real; a KV cache holds the first `past` of them
             past = ctx.scratch.get(_PAST, 0)
@@ -340,7 +344,7 @@ class ReftMethod(AdapterMethod):
             module.train(layer.training)
             site = getattr(layer, LAYER_ATTRIBUTE, None)
             if site is None:
-                site = ReftLayer(idx)
+                site = ReftLayer(idx, target.stack(idx))
                 layer.add_module(LAYER_ATTRIBUTE, site)
                 site.attach(layer)
             site.refts[adapter_name] = module

@@ -19,6 +19,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from ..composition import AdapterSetupSpec, parse_composition
 from ..context import ForwardContext
 from ..heads.conversion import checkpoint_conversion, from_static_checkpoint
+from ..heads.seq2seq_lm import Seq2SeqLMHead, decoder_input_ids_from_labels
 from ..integration.architectures import get_architecture
 from .generation import GenerationAdaptersMixin
 from .heads_mixin import FlexibleHeadsMixin, HeadSetup
@@ -50,6 +51,12 @@ class AdapterModel(FlexibleHeadsMixin, ModelAdaptersMixin):
         labels: Any = None,
         start_positions: Any = None,
         end_positions: Any = None,
+        decoder_input_ids: Any = None,
+        decoder_attention_mask: Any = None,
+        decoder_inputs_embeds: Any = None,
+        encoder_outputs: Any = None,
+        past_key_values: Any = None,
+        use_cache: bool | None = None,
         head: HeadSetup = None,
         return_dict: bool | None = None,
         **kwargs: Any,
@@ -60,6 +67,11 @@ class AdapterModel(FlexibleHeadsMixin, ModelAdaptersMixin):
             input_ids, attention_mask, **kwargs: the base model's inputs; head inputs such as
                 ``labels`` or ``start_positions`` go to the head(s) (each head gets them whole: with
                 `Parallel`, labels of the original batch size serve every channel).
+            decoder_input_ids, decoder_attention_mask, decoder_inputs_embeds, encoder_outputs: an
+                encoder-decoder's decoder inputs and precomputed encoder output. Without decoder inputs they are
+                derived as transformers' ``XxxForConditionalGeneration`` does: the labels of a ``seq2seq_lm``
+                head shifted right, else ``input_ids`` shifted right (`heads.seq2seq_lm.decoder_input_ids_from_labels`).
+            past_key_values, use_cache: the cache, as for the base model (``generate()`` passes them).
             head: the head to use: a name, a list of names (one per `Parallel` channel), or a
                 `BatchSplit` of names (default: `AdapterSetup`'s head, then `active_head`).
             return_dict: return a ``ModelOutput`` (default) or a tuple.
@@ -77,7 +89,10 @@ class AdapterModel(FlexibleHeadsMixin, ModelAdaptersMixin):
         return_dict = True if return_dict is None else return_dict
         # named so the Trainer keeps these dataset columns; only the given ones reach the models
         named = {"token_type_ids": token_type_ids, "position_ids": position_ids, "inputs_embeds": inputs_embeds,
-                 "labels": labels, "start_positions": start_positions, "end_positions": end_positions}
+                 "labels": labels, "start_positions": start_positions, "end_positions": end_positions,
+                 "decoder_input_ids": decoder_input_ids, "decoder_attention_mask": decoder_attention_mask,
+                 "decoder_inputs_embeds": decoder_inputs_embeds, "encoder_outputs": encoder_outputs,
+                 "past_key_values": past_key_values, "use_cache": use_cache}
         kwargs.update({k: v for k, v in named.items() if v is not None})
         plan = self._head_plan(head, ForwardContext.get_context())
         # only what is given: vision and speech base models take pixel_values / input_features instead
@@ -87,11 +102,13 @@ class AdapterModel(FlexibleHeadsMixin, ModelAdaptersMixin):
         if plan is None:
             for key in ("labels", "start_positions", "end_positions"):
                 kwargs.pop(key, None)
+            self._add_decoder_inputs(inputs, kwargs, [], {})
             outputs = self.base_model(**inputs, **kwargs, return_dict=True)
             return outputs if return_dict else outputs.to_tuple()
         modules = [self.heads[name] for name in plan.heads]
         label_names = [key for m in modules for key in m.get_label_names()]
         labels_given = {key: kwargs.pop(key) for key in dict.fromkeys(label_names) if key in kwargs}
+        self._add_decoder_inputs(inputs, kwargs, modules, labels_given)
         inputs = _prepare_inputs(modules, {**inputs, **kwargs})
         outputs = self.base_model(**inputs, return_dict=True)
         common = {"attention_mask": inputs.get("attention_mask"), "input_ids": inputs.get("input_ids")}
@@ -101,6 +118,22 @@ class AdapterModel(FlexibleHeadsMixin, ModelAdaptersMixin):
         if plan.kind == "single":
             return modules[0](outputs, return_dict=return_dict, **head_inputs[0])
         return self._run_heads(plan, outputs, head_inputs, return_dict)
+
+    def _add_decoder_inputs(
+        self, inputs: dict[str, Any], kwargs: dict[str, Any], heads: list[Any], labels: dict[str, Any]
+    ) -> None:
+        """An encoder-decoder forward without decoder inputs gets ``decoder_input_ids`` (in ``kwargs``): the labels
+        of a ``seq2seq_lm`` head shifted right, else ``input_ids`` shifted right (what BART does itself and
+        AdapterHub's T5 model does)."""
+        if not self._adapter_target.spec.is_encoder_decoder:
+            return
+        if kwargs.get("decoder_input_ids") is not None or kwargs.get("decoder_inputs_embeds") is not None:
+            return
+        source = inputs.get("input_ids")
+        if labels.get("labels") is not None and any(isinstance(h, Seq2SeqLMHead) for h in heads):
+            source = labels["labels"]
+        if source is not None:
+            kwargs["decoder_input_ids"] = decoder_input_ids_from_labels(self, source)
 
     def train_adapter(self, adapter_setup: AdapterSetupSpec, train_embeddings: bool = False) -> None:
         """Train only the adapters of ``adapter_setup`` and their heads; everything else is frozen.

@@ -237,6 +237,16 @@ class FlexibleHeadsMixin:
         )
         self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
+    def add_seq2seq_lm_head(self, head_name: str, layers: int = 1, overwrite_ok: bool = False) -> None:
+        """Add a sequence-to-sequence LM head on the decoder output (encoder-decoder models), tied to the input
+        embeddings when the model ties them (see `heads.Seq2SeqLMHead`).
+
+        Raises:
+            ValueError: if the name is taken and ``overwrite_ok`` is False.
+        """
+        head = self.head_class("seq2seq_lm")(self, head_name, layers=layers)
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+
     def register_custom_head(self, identifier: str, head_cls: type[PredictionHead]) -> None:
         """Make ``head_cls`` available as head type ``identifier`` on this model."""
         head_cls.head_type = head_cls.head_type or identifier
