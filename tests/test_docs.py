@@ -16,6 +16,7 @@ GUIDES = [
     "heads.md",
     "lora_family.md",
     "methods.md",
+    "models_decoders.md",
     "models_encoders.md",
     "models_seq2seq.md",
     "parallel_and_generation.md",

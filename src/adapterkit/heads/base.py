@@ -42,7 +42,9 @@ class PredictionHead(nn.Sequential, metaclass=ABCMeta):
     @property
     def hidden_size(self) -> int:
         """The hidden size of the model the head sits on."""
-        return self.model_config.hidden_size
+        config = self.model_config
+        # a multimodal model's config (Gemma-3) holds the sizes in its text config
+        return config.hidden_size if hasattr(config, "hidden_size") else config.get_text_config().hidden_size
 
     def build(
         self, model: nn.Module, out_features: int, layers: int, activation: str | None, bias: bool = True

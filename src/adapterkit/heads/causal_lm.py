@@ -58,14 +58,15 @@ class CausalLMHead(PredictionHead):
         dropout_prob: float | None = None,
     ):
         config = model.config
+        text = config if hasattr(config, "vocab_size") else config.get_text_config()  # multimodal: Gemma-3
         super().__init__(
             model,
             head_name,
             {
-                "vocab_size": vocab_size or config.vocab_size,
+                "vocab_size": vocab_size or text.vocab_size,
                 "embedding_size": embedding_size
-                or getattr(config, "embedding_size", None)
-                or config.hidden_size,
+                or getattr(text, "embedding_size", None)
+                or text.hidden_size,
                 "layers": layers,
                 "activation_function": activation_function,
                 "layer_norm": layer_norm,

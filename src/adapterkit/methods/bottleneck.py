@@ -17,6 +17,12 @@ add and layer norm finish the computation. No model code is copied. ``original_l
 (when the last adapter of the setup at a site has it): pre-LN models get ``out - r`` from the hook,
 so the model's residual add gives ``out``; post-LN models get a forward hook on the sub-block's norm
 that replaces its output by ``out`` (computed from the norm's own input ``h + r`` and output).
+
+Two table declarations change what the adapters read. ``SubBlock.adapter_norm`` (Gemma-2/3's post norms, which
+the model applies to ``h`` alone): the adapters' input step normalises ``h + r`` with it, and the model's norm and
+residual add follow. ``SubBlock.parallel_to`` (GPT-J, GPT-NeoX: attention and feed-forward on the same input): the
+feed-forward site's ``r`` is the captured residual plus the attention sub-block's output as its adapters left it
+(their hook runs first on that module, and a later hook records the result).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from ..composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split,
 from ..configs import BnConfig
 from ..context import ForwardContext, RowGroups
 from ..integration.modules import first_input, get_or_create_host, main_output, with_main_output
+from ..integration.spec import BLOCK_NAMES, SubBlock
 from ..integration.target import ModelTarget
 from . import invertible
 from .base import AdapterMethod, LayerModules, active_in_order, composed_here, register_method
@@ -247,7 +254,9 @@ class _Site:
     """One bottleneck location of one layer.
 
     ``ln_after_off`` names the adapters here with ``original_ln_after=False``; ``norm_hook`` is the forward
-    hook on a post-LN norm that replaces its output while there are such adapters.
+    hook on a post-LN norm (or on the `adapter_norm`) that replaces its output while there are such adapters.
+    ``adapter_norm``: see `SubBlock.adapter_norm`; ``parallel``: the residual stream adds the output of the
+    sub-block that runs side by side with this one (`SubBlock.parallel_to`).
     """
 
     host: nn.Module
@@ -256,6 +265,13 @@ class _Site:
     location: str
     ln_after_off: set[str] = field(default_factory=set)
     norm_hook: RemovableHandle | None = None
+    adapter_norm: nn.Module | None = None
+    parallel: bool = False
+
+    @property
+    def input_norm(self) -> nn.Module | None:
+        """The norm the adapters' input step applies to ``h + r`` (``original_ln_before``)."""
+        return self.layer_norm if self.layer_norm is not None else self.adapter_norm
 
 
 @dataclass
@@ -307,7 +323,7 @@ class _BottleneckComposer(Composer[BottleneckState]):
         self.present = site.host.adapters
 
     def single(self, name: str, state: BottleneckState) -> BottleneckState:
-        hidden, up = apply_adapter(self.site.host.adapters[name], state.hidden, state.r, self.site.layer_norm)
+        hidden, up = apply_adapter(self.site.host.adapters[name], state.hidden, state.r, self.site.input_norm)
         return BottleneckState(hidden, state.r, up)
 
     def fuse(self, block: Fuse, state: BottleneckState, run: Callable) -> BottleneckState:
@@ -325,7 +341,7 @@ class _BottleneckComposer(Composer[BottleneckState]):
         if fusion is None or not all(name in self.present for name in fusion.adapter_names):
             return state
         last = self.site.host.adapters[block.last()]
-        query, residual = last.fusion_inputs(state.hidden, state.r, self.site.layer_norm, fusion.config.query_before_ln)
+        query, residual = last.fusion_inputs(state.hidden, state.r, self.site.input_norm, fusion.config.query_before_ln)
         ups = [run(child, state).up for child in block]
         hidden, attention = fusion(query, torch.stack(ups, dim=2), residual)
         ctx = ForwardContext.get_context()
@@ -369,6 +385,14 @@ def _no_residual(site: _Site, module: nn.Module, args: tuple, kwargs: dict) -> N
         ctx.scratch[site] = None  # type: ignore[union-attr]
 
 
+def _capture_parallel(site: _Site, module: nn.Module, args: tuple, output: Any) -> None:
+    """Forward hook on the output of the sub-block parallel to ``site``'s: its output, after its adapters
+    (their hook runs first), joins ``site``'s residual stream."""
+    ctx = ForwardContext.get_context()
+    if _plan(ctx, site):
+        ctx.scratch[(site, "parallel")] = main_output(output)  # type: ignore[union-attr]
+
+
 def _apply_adapters(site: _Site, module: nn.Module, args: tuple, output: Any) -> Any:
     """Forward hook on the sub-block output ``h``: run the active adapters on it.
 
@@ -387,11 +411,16 @@ def _apply_adapters(site: _Site, module: nn.Module, args: tuple, output: Any) ->
     r = ctx.scratch.pop(site)  # type: ignore[union-attr]
     if r is None:  # no residual_input in the table: the adapters see the sub-block output alone
         r = torch.zeros_like(h)
+    if site.parallel:
+        r = r + ctx.scratch.pop((site, "parallel"))  # type: ignore[union-attr]
     if site.ln_after_off:
         off = _ln_after_off_rows(ctx, site, names, h)  # type: ignore[arg-type]
         if off is not False:
             # original_ln_after=False: the model adds r to what we return, so the sum is the adapters' output
             hidden = _adapters_output(site, names, h, r)
+            if site.adapter_norm is not None:  # the model normalises what we return: replace the norm's output
+                ctx.scratch[(site, "out")] = (hidden - r, off)  # type: ignore[union-attr]
+                return with_main_output(output, hidden)
             return with_main_output(output, hidden - r if off is True else torch.where(off, hidden - r, hidden))
     return with_main_output(output, _run(site, names, h, r, summed=None))
 
@@ -429,12 +458,27 @@ def _replace_norm_output(site: _Site, module: nn.Module, args: tuple, output: An
     return torch.where(off, hidden, module.forward(hidden + r))  # .forward: not through this hook again
 
 
+def _replace_adapter_norm_output(site: _Site, module: nn.Module, args: tuple, output: Any) -> Any:
+    """Forward hook on a sub-block's `adapter_norm`, installed while an adapter here has
+    ``original_ln_after=False``: rows whose last adapter is one get ``out - r`` (so the model's residual add
+    gives the adapters' output ``out``) instead of the norm of the sub-block output."""
+    ctx = ForwardContext.get_context()
+    pending = ctx.scratch.pop((site, "out"), None) if ctx is not None else None
+    if pending is None:
+        return None
+    target, off = pending
+    return target if off is True else torch.where(off, target, output)
+
+
 def _replace_norm_for(site: _Site, adapter_name: str) -> None:
-    """Record that ``adapter_name`` at ``site`` has ``original_ln_after=False``; a post-LN norm gets the
-    output hook (only while such adapters exist, so other setups pay nothing for it)."""
+    """Record that ``adapter_name`` at ``site`` has ``original_ln_after=False``; a post-LN norm (or the
+    `adapter_norm`) gets the output hook (only while such adapters exist, so other setups pay nothing for it)."""
     site.ln_after_off.add(adapter_name)
-    if site.layer_norm is not None and site.norm_hook is None:
-        site.norm_hook = site.layer_norm.register_forward_hook(partial(_replace_norm_output, site))
+    if site.norm_hook is None:
+        if site.layer_norm is not None:
+            site.norm_hook = site.layer_norm.register_forward_hook(partial(_replace_norm_output, site))
+        elif site.adapter_norm is not None:
+            site.norm_hook = site.adapter_norm.register_forward_hook(partial(_replace_adapter_norm_output, site))
 
 
 def _keep_norm_for(site: _Site, adapter_name: str) -> None:
@@ -517,7 +561,7 @@ def _adapters_output(
     for name in names:  # type: ignore[union-attr]
         first = hidden is h
         hidden, _ = apply_adapter(
-            site.host.adapters[name], hidden, r, site.layer_norm, summed if first else None, normed if first else None
+            site.host.adapters[name], hidden, r, site.input_norm, summed if first else None, normed if first else None
         )
     return hidden
 
@@ -536,7 +580,7 @@ def _run(
         return _single_into_norm(site.host.adapters[names[0]], h, r, site.layer_norm, summed)  # type: ignore[index]
     hidden = h
     for name in names:  # type: ignore[union-attr]
-        hidden, _ = apply_adapter(site.host.adapters[name], hidden, r, site.layer_norm, summed if hidden is h else None)
+        hidden, _ = apply_adapter(site.host.adapters[name], hidden, r, site.input_norm, summed if hidden is h else None)
     return hidden if summed is None else hidden + r
 
 
@@ -663,15 +707,32 @@ class BottleneckMethod(AdapterMethod):
         if getattr(host, _HANDLES, None):
             return
         norm = target.layer_module(idx, block.layer_norm) if block.layer_norm else None
-        site = _Site(host=host, layer_norm=norm, layer_idx=idx, location=location)
+        stack = target.stack(idx)
+        parallel = _parallel_block(target, idx, block)
+        site = _Site(
+            host=host,
+            layer_norm=norm,
+            layer_idx=idx,
+            location=location,
+            adapter_norm=target.layer_module(idx, block.adapter_norm) if block.adapter_norm else None,
+            parallel=parallel is not None,
+        )
         # without a residual_input, a pre-hook on the output module records "no residual" (None)
         residual_module = target.layer_module(idx, block.residual_input or block.output)
         capture = _capture_residual if block.residual_input else _no_residual
         output_module = target.layer_module(idx, block.output)
+        # a sub-block another one runs parallel to applies its adapters before that one reads its output
+        is_parallel_source = any(
+            other is not None and _parallel_block(target, idx, other) is block
+            for other in (stack.sub_block(name) for name in BLOCK_NAMES)
+        )
         handles = [
             residual_module.register_forward_pre_hook(partial(capture, site), with_kwargs=True),
-            output_module.register_forward_hook(partial(_apply_adapters, site)),
+            output_module.register_forward_hook(partial(_apply_adapters, site), prepend=is_parallel_source),
         ]
+        if parallel is not None:
+            parallel_output = target.layer_module(idx, parallel.output)
+            handles.append(parallel_output.register_forward_hook(partial(_capture_parallel, site)))
         if norm is not None:
             handles.append(norm.register_forward_pre_hook(partial(_apply_before_norm, site)))
         object.__setattr__(host, _HANDLES, handles)
@@ -707,6 +768,26 @@ class BottleneckMethod(AdapterMethod):
 
     def _hosts(self, target: ModelTarget) -> list[nn.Module]:
         return [host for _, _, host in bottleneck_sites(target)]
+
+
+def _parallel_block(target: ModelTarget, idx: int, block: SubBlock) -> SubBlock | None:
+    """The sub-block of layer ``idx`` that ``block`` runs parallel to (`SubBlock.parallel_to`), if it does in
+    this model (`SubBlock.parallel_if`).
+
+    Raises:
+        ValueError: if the stack has no such sub-block.
+    """
+    if block.parallel_to is None:
+        return None
+    if block.parallel_if is not None and not getattr(target.stack_config(idx), block.parallel_if):
+        return None
+    other = target.stack(idx).sub_block(block.parallel_to)
+    if other is None:
+        raise ValueError(
+            f"sub-block {block.output!r} of {target.spec.model_type!r} runs parallel to {block.parallel_to!r}, "
+            "which this layer stack does not have"
+        )
+    return other
 
 
 def bottleneck_sites(target: ModelTarget) -> Iterator[tuple[int, str, nn.Module]]:

@@ -62,13 +62,19 @@ _SHARED = "shared_parameters"  # base-model ModuleDict of per-adapter shared ten
 class FusedMatrices(tuple):
     """The q/k/v matrices an adapter enables on a fused projection (a tuple of ``"q"``, ``"k"``, ``"v"``), with
     the projection's output layout: ``heads`` None for ``[all q | all k | all v]`` (GPT-2), else the number of
-    attention heads whose ``[q_h | k_h | v_h]`` blocks follow each other (DeBERTa's ``in_proj``)."""
+    attention heads whose ``[q_h | k_h | v_h]`` blocks follow each other (DeBERTa's ``in_proj``); ``sizes``: the
+    output sizes of the q, k and v parts where they differ (grouped-query attention: Phi-3's ``qkv_proj``),
+    None for equal thirds."""
 
     heads: int | None
+    sizes: tuple[int, int, int] | None
 
-    def __new__(cls, names: tuple[str, ...], heads: int | None = None) -> FusedMatrices:
+    def __new__(
+        cls, names: tuple[str, ...], heads: int | None = None, sizes: tuple[int, int, int] | None = None
+    ) -> FusedMatrices:
         obj = super().__new__(cls, names)
         obj.heads = heads
+        obj.sizes = sizes
         return obj
 
     def to_grouped(self, values: torch.Tensor, dim: int) -> torch.Tensor:
@@ -99,6 +105,10 @@ class _LoRABase(nn.Module):
         self.out_per_group = out_per_group
         self.matrices = matrices  # None: the whole output of a plain projection
         self.groups = len(matrices) if matrices else 1
+        sizes = getattr(matrices, "sizes", None) or (out_per_group,) * 3
+        self.part_sizes = dict(zip(_QKV, sizes, strict=True))  # output size of each q/k/v part (fused)
+        self.group_sizes = [self.part_sizes[m] for m in matrices] if matrices else [out_per_group]
+        self.uniform = len(set(self.group_sizes)) == 1  # every group has out_per_group outputs
         self.dtype = getattr(torch, config.dtype) if config.dtype else None
         self.is_dora = bool(config.use_dora)
 
@@ -112,25 +122,32 @@ class _LoRABase(nn.Module):
         """The rows of an ``(out, in)`` projection weight that this adapter's groups cover."""
         if self.matrices is None:
             return weight
-        d = self.out_per_group
         weight = _grouped(self.matrices, weight, dim=0)
-        return torch.cat([weight.narrow(0, _QKV.index(m) * d, d) for m in self.matrices])
+        start = {"q": 0, "k": self.part_sizes["q"], "v": self.part_sizes["q"] + self.part_sizes["k"]}
+        return torch.cat([weight.narrow(0, start[m], self.part_sizes[m]) for m in self.matrices])
 
     def _place(self, values: torch.Tensor, fill: float) -> torch.Tensor:
         """Scatter per-group values (last dim ``groups * d``) into the fused q/k/v output layout."""
         if self.matrices is None:
             return values
-        parts = values.split(self.out_per_group, dim=-1)
+        parts = values.split(self.group_sizes, dim=-1)
         by_name = dict(zip(self.matrices, parts, strict=False))
-        filler = values.new_full((*values.shape[:-1], self.out_per_group), fill)
-        placed = torch.cat([by_name.get(m, filler) for m in _QKV], dim=-1)
+        placed = torch.cat(
+            [
+                by_name[m] if m in by_name else values.new_full((*values.shape[:-1], self.part_sizes[m]), fill)
+                for m in _QKV
+            ],
+            dim=-1,
+        )
         return self.matrices.to_projection(placed) if isinstance(self.matrices, FusedMatrices) else placed
 
     def _gate(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample gate in (0, 1), one per group, expanded over each group's outputs."""
         gate = torch.sigmoid(self.gate(x)).mean(dim=1, keepdim=True)  # (batch, 1, groups)
         store_gating_score(self.gating_key, gate)
-        return gate.repeat_interleave(self.out_per_group, dim=-1)
+        if self.uniform:
+            return gate.repeat_interleave(self.out_per_group, dim=-1)
+        return gate.repeat_interleave(torch.tensor(self.group_sizes, device=gate.device), dim=-1)
 
 
 class _Magnitude(nn.Module):
@@ -238,7 +255,7 @@ class LoRA(_LowRank):
         super().__init__(out_per_group, matrices, config)
         r = config.r
         self.lora_A = nn.Parameter(torch.zeros(r * self.groups, in_features, dtype=self.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(out_per_group * self.groups, r, dtype=self.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(sum(self.group_sizes), r, dtype=self.dtype))
         with torch.no_grad():
             if config.init_weights == "lora":
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
@@ -262,10 +279,16 @@ class LoRA(_LowRank):
         if self.groups == 1:
             return h @ self.lora_B.t()
         h = h.unflatten(-1, (self.groups, -1))  # (..., groups, r)
+        if not self.uniform:
+            parts = zip(h.unbind(-2), self.lora_B.split(self.group_sizes), strict=True)
+            return torch.cat([h_g @ b_g.t() for h_g, b_g in parts], dim=-1)
         b = self.lora_B.view(self.groups, self.out_per_group, -1)  # (groups, d, r)
         return torch.einsum("...gr,gdr->...gd", h, b).flatten(-2)
 
     def _update_weight(self) -> torch.Tensor:
+        if not self.uniform:
+            a_parts = self.lora_A.split(self.lora_A.shape[0] // self.groups)
+            return torch.cat([b @ a for a, b in zip(a_parts, self.lora_B.split(self.group_sizes), strict=True)])
         a = self.lora_A.view(self.groups, -1, self.lora_A.shape[-1])  # (groups, r, in)
         b = self.lora_B.view(self.groups, self.out_per_group, -1)  # (groups, d, r)
         return torch.bmm(b, a).flatten(0, 1)
@@ -372,7 +395,7 @@ class VeRA(_LowRank):
         self.in_features = in_features
         object.__setattr__(self, "shared", shared)  # not a submodule: the model holds it once per adapter
         self.vera_D = nn.Parameter(torch.full((self.groups * config.r,), float(config.vera_d), dtype=self.dtype))
-        self.vera_B = nn.Parameter(torch.full((self.groups * out_per_group,), float(config.vera_b), dtype=self.dtype))
+        self.vera_B = nn.Parameter(torch.full((sum(self.group_sizes),), float(config.vera_b), dtype=self.dtype))
         self._finish(in_features, config, generator, base_weight)
 
     @property
@@ -381,8 +404,14 @@ class VeRA(_LowRank):
 
     def _shared(self) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.shared["lora_A"][:, : self.in_features]
-        b = self.shared["lora_B"][: self.out_per_group]
+        b = self.shared["lora_B"][: max(self.group_sizes)]
         return a.to(self.vera_D), b.to(self.vera_D)
+
+    def _per_group_up(self, h: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``h`` (..., groups, r) times each group's leading rows of the shared ``b``, flattened to (..., sum d)."""
+        if self.uniform:
+            return (h @ b.t()).flatten(-2)
+        return torch.cat([h_g @ b[:d].t() for h_g, d in zip(h.unbind(-2), self.group_sizes, strict=True)], -1)
 
     def use_dense(self, key: str) -> None:
         """Hold ``key`` (``"vera_D"`` or ``"vera_B"``) as a full matrix (AdapterHub's form), keeping its values.
@@ -405,7 +434,7 @@ class VeRA(_LowRank):
             h = h.unsqueeze(-2) * self.vera_D.view(self.groups, -1)  # (..., groups, r)
         else:
             h = (h @ self.vera_D.t()).unsqueeze(-2)
-        h = (h @ b.t()).flatten(-2)  # (..., groups * d)
+        h = self._per_group_up(h, b)  # (..., groups * d)
         return h * self.vera_B if self.vera_B.dim() == 1 else h @ self.vera_B.t()
 
     def _update_weight(self) -> torch.Tensor:
@@ -414,7 +443,10 @@ class VeRA(_LowRank):
             da = self.vera_D.view(self.groups, -1, 1) * a  # (groups, r, in)
         else:
             da = (self.vera_D @ a).unsqueeze(0)
-        w = torch.matmul(b, da).flatten(0, 1)  # (groups * d, in)
+        if self.uniform:
+            w = torch.matmul(b, da).flatten(0, 1)  # (groups * d, in)
+        else:
+            w = torch.cat([b[:d] @ da_g for da_g, d in zip(da.unbind(0), self.group_sizes, strict=True)])
         return self.vera_B[:, None] * w if self.vera_B.dim() == 1 else self.vera_B @ w
 
 
@@ -433,7 +465,7 @@ class IA3(_LoRABase):
         generator: torch.Generator | None,
     ):
         super().__init__(out_per_group, matrices, config)
-        self.lora_B = nn.Parameter(torch.zeros(out_per_group * self.groups, 1, dtype=self.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(sum(self.group_sizes), 1, dtype=self.dtype))
         self.scaling = config.alpha
         if config.use_gating:
             self.gate = nn.Linear(in_features, self.groups)
@@ -480,6 +512,36 @@ def _per_head(target: ModelTarget, idx: int) -> int | None:
     if target.stack(idx).fused_qkv_layout != "per_head":
         return None
     return int(target.stack_config(idx).num_attention_heads)
+
+
+def _with_sizes(
+    target: ModelTarget, idx: int, matrices: tuple[str, ...] | None, proj: nn.Module
+) -> tuple[str, ...] | None:
+    """``matrices`` of a fused q/k/v projection of layer ``idx`` with the sizes of its q, k and v parts where they
+    differ: with grouped-query attention (``num_key_value_heads`` < ``num_attention_heads`` in the layer's config)
+    k and v have ``num_key_value_heads`` heads, q ``num_attention_heads``.
+
+    Raises:
+        ValueError: if the projection's output size does not split that way, or its outputs are ordered per head.
+    """
+    if not isinstance(matrices, FusedMatrices):
+        return matrices
+    config = target.stack_config(idx)
+    heads = getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    out_features = _shape(proj)[1]
+    if not heads or kv_heads == heads:
+        if out_features % 3:
+            raise ValueError(f"a fused q/k/v projection needs an output size divisible by 3, got {out_features}")
+        return matrices
+    unit, rest = divmod(out_features, heads + 2 * kv_heads)
+    if rest or matrices.heads is not None:
+        raise ValueError(
+            f"cannot split the fused q/k/v projection of layer {idx} ({out_features} outputs, "
+            f"{'ordered per head, ' if matrices.heads is not None else ''}{heads} query heads, {kv_heads} key/value "
+            "heads) into q, k and v for LoRA; adapt it with selfattn_lora=False"
+        )
+    return FusedMatrices(tuple(matrices), matrices.heads, (heads * unit, kv_heads * unit, kv_heads * unit))
 
 
 def _grouped(matrices: tuple[str, ...], values: torch.Tensor, dim: int) -> torch.Tensor:
@@ -668,6 +730,7 @@ class LoRAMethod(AdapterMethod):
             if idx not in config.leave_out
             for location, path, matrices in self._targets(target.stack(idx), config, _per_head(target, idx))
         ]
+        sites = [(idx, loc, _with_sizes(target, idx, m, proj), proj) for idx, loc, m, proj in sites]
         extra: dict[str, Any] = {}
         if isinstance(config, MTLLoRAConfig):
             module_cls: type[nn.Module] = MTLLoRA
@@ -682,7 +745,7 @@ class LoRAMethod(AdapterMethod):
         created: LayerModules = {}
         for idx, location, matrices, proj in sites:
             in_features, out_features = _shape(proj)
-            out_per_group = out_features // 3 if matrices else out_features
+            out_per_group = out_features // 3 if matrices else out_features  # equal parts; else matrices.sizes
             if generator is not None:
                 generator.manual_seed(config.init_weights_seed)
             if module_cls is not IA3:
@@ -1012,7 +1075,10 @@ def _add_shared_vera(
     projection it adapts and initialised as ``config.init_weights`` says."""
     shapes = [_shape(proj) for *_, proj in sites]
     in_max = max(i for i, _ in shapes)
-    out_max = max(o // 3 if matrices else o for (_, o), (_, _, matrices, _) in zip(shapes, sites, strict=True))
+    out_max = max(
+        max(getattr(matrices, "sizes", None) or (o // 3,)) if matrices else o
+        for (_, o), (_, _, matrices, _) in zip(shapes, sites, strict=True)
+    )
     dtype = getattr(torch, config.dtype) if config.dtype else None
     a = torch.zeros(config.r, in_max, dtype=dtype)
     b = torch.zeros(out_max, config.r, dtype=dtype)
@@ -1064,16 +1130,20 @@ def _svd_into(new: LoRA, sources: list[tuple[LoRA, float]]) -> None:
         if lora.groups != groups or lora.lora_B.shape[0] != new.lora_B.shape[0]:
             raise ValueError("cannot average LoRA modules of different shapes with 'lora_delta_w_svd'")
         scale = 1.0 if lora.config.use_gating else lora.scaling
-        term = lora._update_weight().float().view(groups, lora.out_per_group, -1) * (weight * scale)
+        term = lora._update_weight().float() * (weight * scale)
         delta = term if delta is None else delta + term
-    u, sv, vh = torch.linalg.svd(delta / scale_new, full_matrices=False)  # batched over groups
-    k = min(rank, sv.shape[-1])
-    a = torch.zeros(groups, rank, vh.shape[-1])
-    b = torch.zeros(groups, u.shape[-2], rank)
-    a[:, :k] = vh[:, :k]
-    b[:, :, :k] = u[:, :, :k] * sv[:, None, :k]
-    new.lora_A.copy_(a.flatten(0, 1).to(new.lora_A))
-    new.lora_B.copy_(b.flatten(0, 1).to(new.lora_B))
+    a_parts, b_parts = [], []
+    for part in (delta / scale_new).split(new.group_sizes):  # per q/k/v group of a fused projection
+        u, sv, vh = torch.linalg.svd(part, full_matrices=False)
+        k = min(rank, sv.shape[-1])
+        a = torch.zeros(rank, vh.shape[-1])
+        b = torch.zeros(u.shape[0], rank)
+        a[:k] = vh[:k]
+        b[:, :k] = u[:, :k] * sv[None, :k]
+        a_parts.append(a)
+        b_parts.append(b)
+    new.lora_A.copy_(torch.cat(a_parts).to(new.lora_A))
+    new.lora_B.copy_(torch.cat(b_parts).to(new.lora_B))
 
 
 def _add_module(found: LayerModules, idx: int, location: str, module: nn.Module) -> None:
