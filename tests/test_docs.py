@@ -19,6 +19,7 @@ GUIDES = [
     "models_decoders.md",
     "models_encoders.md",
     "models_seq2seq.md",
+    "models_vision.md",
     "parallel_and_generation.md",
     "reft.md",
     "invertible.md",

@@ -59,6 +59,20 @@ REFUSALS: list[Refusal] = [
         "prefix tuning is not available",
         "attention does not go through transformers' AttentionInterface",
     ),
+    (
+        lambda spec: spec.prompt_tuning_refusal is not None,
+        {"prompt tuning"},
+        "prompt tuning is not available",
+        "the entry's `prompt_tuning_refusal`: prompts would move the token CLIP's text tower pools, or meet BEiT's "
+        "relative position bias sized for the patch grid",
+    ),
+    (
+        lambda spec: spec.has_towers,
+        {"Compacter++"},
+        "shared PHM weights",
+        "towers of different hidden sizes (the tiny CLIP's 32 and 24; released CLIPs' 512 and 768) cannot share "
+        "PHM weights; Compacter with shared_phm_rule=False works",
+    ),
 ]
 
 

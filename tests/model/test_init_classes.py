@@ -43,13 +43,13 @@ CASES = [pytest.param(arch, name, id=f"{arch}-{name}") for arch in ALL_ARCHS for
 
 def _inputs(arch: str, name: str) -> dict[str, torch.Tensor]:
     inputs = tiny_inputs(arch=arch)
-    # only what the class's forward names (CLIPForImageClassification, of model type "clip", takes images alone)
-    named = inspect.signature(getattr(transformers, name).forward).parameters
-    inputs = {k: v for k, v in inputs.items() if k in named}
     if name.endswith("ForCausalLM") and "decoder_input_ids" in inputs:  # an encoder-decoder's decoder on its own
         inputs = {k.removeprefix("decoder_"): v for k, v in inputs.items() if k.startswith("decoder_")}
     if "MultipleChoice" in name:  # (batch, choices, tokens)
         inputs = {k: v.unsqueeze(1).expand(-1, 2, *v.shape[1:]).contiguous() for k, v in inputs.items()}
+    # only what the class's forward names (CLIPForImageClassification, of model type "clip", takes images alone)
+    named = inspect.signature(getattr(transformers, name).forward).parameters
+    inputs = {k: v for k, v in inputs.items() if k in named}
     return inputs
 
 

@@ -3,6 +3,8 @@
 from .base import PredictionHead
 from .causal_lm import CausalLMHead
 from .classification import ClassificationHead, MultiLabelClassificationHead
+from .image_classification import ImageClassificationHead
+from .image_classification import register_static_heads as register_image_static_heads
 from .masked_lm import BertStyleMaskedLMHead
 from .multiple_choice import MultipleChoiceHead
 from .outputs import MultiHeadOutput
@@ -20,6 +22,7 @@ HEAD_TYPES: dict[str, type[PredictionHead]] = {
         MultipleChoiceHead,
         BertStyleMaskedLMHead,
         CausalLMHead,
+        ImageClassificationHead,
         Seq2SeqLMHead,
     )
 }
@@ -42,12 +45,16 @@ def register_head_type(head_cls: type[PredictionHead], head_type: str | None = N
     HEAD_TYPES[name] = head_cls
 
 
+# after HEAD_TYPES exists: the conversion table reads it
+register_image_static_heads()
+
 __all__ = [
     "HEAD_TYPES",
     "register_head_type",
     "BertStyleMaskedLMHead",
     "CausalLMHead",
     "ClassificationHead",
+    "ImageClassificationHead",
     "MultiHeadOutput",
     "MultiLabelClassificationHead",
     "MultipleChoiceHead",

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..configs import AdapterConfig
 from ..heads.conversion import base_prefix_of, convert_static_head, static_head_conversion
+from ..integration.saved_names import from_saved_names, to_saved_names
 from ..methods import method_for
 from .files import (
     CONFIG_NAME,
@@ -93,8 +94,10 @@ def save_adapter(
         raise ValueError(f"no adapter named {adapter_name!r}; this model has {sorted(model.adapters_config)}")
     directory = Path(save_directory)
     state = model.state_dict()
-    keys = _keys_with(state, method_for(config).module_attributes, adapter_name)
-    write_weights(directory, {k: state[k] for k in keys}, SAFE_WEIGHTS_NAME, WEIGHTS_NAME, use_safetensors)
+    attributes = method_for(config).module_attributes
+    keys = _keys_with(state, attributes, adapter_name)
+    weights = to_saved_names(model._adapter_target.spec, {k: state[k] for k in keys}, adapter_name, attributes)
+    write_weights(directory, weights, SAFE_WEIGHTS_NAME, WEIGHTS_NAME, use_safetensors)
     meta = {**_metadata(model, adapter_name), "config": config.to_dict()}
     meta.update({k: v for k, v in (meta_dict or {}).items() if k not in meta})
     write_json(directory / CONFIG_NAME, meta)
@@ -282,6 +285,7 @@ def load_adapter(
     weights = read_weights(path, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
     method = method_for(config)
     weights = {k: v for k, v in weights.items() if not method.is_redundant_saved_key(k)}
+    weights = from_saved_names(model._adapter_target.spec, weights, saved_name, method.module_attributes)
     saved_prefix = base_prefix_of(meta.get("model_class"))
     if saved_prefix and saved_prefix != model.base_model_prefix:  # e.g. LlamaForQuestionAnswering's "transformer"
         weights = {_swap_prefix(k, saved_prefix, model.base_model_prefix): v for k, v in weights.items()}

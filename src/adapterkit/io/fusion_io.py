@@ -21,6 +21,7 @@ from torch import nn
 
 from ..composition import Fuse
 from ..configs import AdapterFusionConfig
+from ..integration.saved_names import from_saved_names, to_saved_names
 from ..methods.fusion import FUSION_ATTRIBUTE
 from .adapter_io import (
     _check_compatible,
@@ -77,9 +78,8 @@ def save_adapter_fusion(
     directory = Path(save_directory)
     state = model.state_dict()
     keys = _keys_with(state, FUSION_ATTRIBUTE, fusion_name)
-    write_weights(
-        directory, {k: state[k] for k in keys}, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME, use_safetensors
-    )
+    weights = to_saved_names(model._adapter_target.spec, {k: state[k] for k in keys}, fusion_name, (FUSION_ATTRIBUTE,))
+    write_weights(directory, weights, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME, use_safetensors)
     meta = {**_metadata(model, fusion_name), "config": config.to_dict(), "adapter_names": list(adapter_names)}
     meta.update({k: v for k, v in (meta_dict or {}).items() if k not in meta})
     write_json(directory / FUSION_CONFIG_NAME, meta)
@@ -127,6 +127,7 @@ def load_adapter_fusion(
             f"adapters first (load_adapter); loading a fusion does not load its adapters"
         )
     weights = read_weights(directory, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME)
+    weights = from_saved_names(model._adapter_target.spec, weights, saved_name, (FUSION_ATTRIBUTE,))
     load_heads = with_head and (directory / HEAD_CONFIG_NAME).is_file()
     if load_heads and getattr(model, "heads", None) is None:
         logger.warning("not loading the head in %s: this model has no flexible heads", directory)

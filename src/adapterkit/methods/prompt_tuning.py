@@ -173,6 +173,15 @@ class PromptTuningPool(nn.Module):
         mask = forward_argument(module, args, kwargs, "attention_mask")
         if tokens is None and encoder_decoder and isinstance(mask, torch.Tensor):
             tokens = _unprompted_length(kwargs.get("encoder_outputs"), mask, self, ctx, rows)
+        if rows is not None and tokens is None and not encoder_decoder:
+            lengths = {sum(n for _, n in self._steps(names)) for names in self.plan(ctx, rows)}
+            if len(lengths) > 1:  # e.g. images: no token mask to pad the shorter prompts with
+                raise ValueError(
+                    f"prompt tuning: the rows of this batch get prompts of different lengths {sorted(lengths)}; "
+                    "padding the shorter ones needs a mask over the tokens, which this "
+                    f"{self._target.spec.model_type!r} forward does not take (no input_ids or inputs_embeds); give "
+                    "the rows prompts of one length"
+                )
         if rows is None or tokens is None:
             return args
         plan = self.plan(ctx, rows)
@@ -355,7 +364,8 @@ class PromptTuningMethod(AdapterMethod):
                 (with a warning; loading saved weights does not need the tokenizer).
 
         Raises:
-            ValueError: for a decoder-only architecture.
+            ValueError: for a decoder-only architecture, one whose entry declares a `prompt_tuning_refusal`, or
+                ``prompt_init="from_string"`` on patch embeddings.
         """
         if target.spec.decoder_only:
             raise ValueError(
@@ -364,13 +374,25 @@ class PromptTuningMethod(AdapterMethod):
                 "input length), labels and the KV cache of generate(); AdapterHub refuses these models too. Use "
                 "prefix tuning, which adds key/value slots without changing the sequence."
             )
+        if target.spec.prompt_tuning_refusal:
+            raise ValueError(
+                f"prompt tuning is not available for {target.spec.model_type!r}: {target.spec.prompt_tuning_refusal}"
+            )
         base = target.base_model
         pool = getattr(base, POOL_ATTRIBUTE, None)
         if pool is None:
             pool = PromptTuningPool(target)
             base.add_module(POOL_ATTRIBUTE, pool)
         word_embeddings = base.get_input_embeddings()
-        size = getattr(target.config, "embedding_size", None) or word_embeddings.weight.shape[1]
+        tokens = isinstance(word_embeddings, nn.Embedding)  # else patch embeddings (vision): sized by the layers
+        size = getattr(target.config, "embedding_size", None) or (
+            word_embeddings.weight.shape[1] if tokens else target.hidden_size
+        )
+        if config.prompt_init == "from_string" and not tokens:
+            raise ValueError(
+                f"PromptTuningConfig.prompt_init='from_string' needs token embeddings; {target.spec.model_type!r} "
+                f"embeds its input with a {type(word_embeddings).__name__}: use prompt_init='random_uniform'"
+            )
         if config.prompt_init == "from_string" and tokenizer is None:
             tokenizer = _find_tokenizer(target)
             if tokenizer is None:
@@ -383,7 +405,7 @@ class PromptTuningMethod(AdapterMethod):
             torch.Generator().manual_seed(config.init_weights_seed) if config.init_weights_seed is not None else None
         )
         prompt = PromptTuning(config, size, word_embeddings, tokenizer, generator)
-        ref = word_embeddings.weight
+        ref = next(word_embeddings.parameters())
         prompt.to(ref.device, ref.dtype).train(base.training)
         pool.prompt_tunings[adapter_name] = prompt
         return {-1: {LOCATION: prompt}}

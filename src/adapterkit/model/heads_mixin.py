@@ -132,6 +132,40 @@ class FlexibleHeadsMixin:
         )
         self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
+    def add_image_classification_head(
+        self,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 1,
+        activation_function: str = "tanh",
+        overwrite_ok: bool = False,
+        multilabel: bool = False,
+        id2label: dict[int, str] | None = None,
+        use_pooler: bool | None = None,
+    ) -> None:
+        """Add an image classification head (ViT, BEiT; multi-label with ``multilabel=True``).
+
+        Args:
+            use_pooler: read the base model's pooler output instead of the class token; None: the
+                architecture's default (True for BEiT, whose heads always read its mean-pooling pooler).
+
+        Raises:
+            ValueError: if the name is taken and ``overwrite_ok`` is False.
+        """
+        if use_pooler is None:
+            use_pooler = self._adapter_target.spec.pooled_summary  # type: ignore[attr-defined]
+        head = self.head_class("image_classification")(
+            self,
+            head_name,
+            num_labels=num_labels,
+            layers=layers,
+            activation_function=activation_function,
+            multilabel=multilabel,
+            id2label=id2label,
+            use_pooler=use_pooler,
+        )
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+
     def add_tagging_head(
         self,
         head_name: str,

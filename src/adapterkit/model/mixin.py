@@ -20,6 +20,7 @@ from ..composition import (
     AdapterSetupSpec,
     Fuse,
     MultiTask,
+    Parallel,
     combination_weights,
     parse_composition,
 )
@@ -172,6 +173,12 @@ class ModelAdaptersMixin(FusionMixin):
 
     def _validate_block(self, block: AdapterCompositionBlock, parents: tuple[AdapterCompositionBlock, ...]) -> None:
         enclosing = (*parents, block)
+        if isinstance(block, Parallel) and self._adapter_target.spec.has_towers:
+            raise ValueError(
+                f"{block!r} is not available for {self._adapter_target.spec.model_type!r}: its towers run on inputs "
+                "of their own, so Parallel's channels would be replicated per tower and mixed in their joint output "
+                "(AdapterHub refuses it too); run the adapters one after another"
+            )
         for child in block:
             if isinstance(child, AdapterCompositionBlock):
                 self._validate_block(child, enclosing)
