@@ -20,6 +20,7 @@ GUIDES = [
     "models_encoders.md",
     "models_seq2seq.md",
     "models_vision.md",
+    "models_speech_and_composite.md",
     "parallel_and_generation.md",
     "reft.md",
     "invertible.md",

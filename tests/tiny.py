@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from adapterkit import AutoAdapterModel
-from tiny_models import decoders, encoders, seq2seq, vision
+from tiny_models import decoders, encoders, seq2seq, speech_and_composite, vision
 
-_FAMILIES = (encoders, decoders, seq2seq, vision)
+_FAMILIES = (encoders, decoders, seq2seq, vision, speech_and_composite)
 TINY_CONFIGS = {arch: make for family in _FAMILIES for arch, make in family.CONFIGS.items()}
 _INPUTS = {arch: make for family in _FAMILIES for arch, make in family.INPUTS.items()}
 # architectures whose tiny model is not an ``XxxAdapterModel`` (e.g. ``adapterkit.init`` on a composite model)

@@ -60,6 +60,12 @@ REFUSALS: list[Refusal] = [
         "attention does not go through transformers' AttentionInterface",
     ),
     (
+        lambda spec: spec.embeddings is None and spec.embedding_output is None,
+        USES_EMBEDDINGS,
+        "has no token embeddings",
+        "no token embeddings at the model's input (Whisper's encoder reads audio features)",
+    ),
+    (
         lambda spec: spec.prompt_tuning_refusal is not None,
         {"prompt tuning"},
         "prompt tuning is not available",

@@ -39,7 +39,16 @@ FORWARD_ARGUMENTS = (
     "output_adapter_gating_scores",  # gated adapters record their gates (methods.gating)
     "adapter_input_parallelized",  # the batch is already replicated for Parallel (generate does this)
 )
-_BATCH_INPUTS = ("input_ids", "inputs_embeds", "attention_mask", "pixel_values", "input_features")
+# (an encoder-decoder's decoding step under generate() gives only the decoder inputs and the encoder's outputs)
+_BATCH_INPUTS = (
+    "input_ids",
+    "inputs_embeds",
+    "attention_mask",
+    "pixel_values",
+    "input_features",
+    "decoder_input_ids",
+    "decoder_inputs_embeds",
+)
 PADDING_MASKS = "padding_masks"
 """`ForwardContext.scratch` key (with the argument name) of the padding masks of stacks whose mask is not the
 forward's ``attention_mask`` (see `stack_padding_mask`)."""
@@ -68,7 +77,7 @@ class ModelTarget:
     ):
         self.base_model = base_model
         self.config = base_model.config
-        self.spec = spec or get_architecture(self.config.model_type)
+        self.spec = spec or get_architecture(self.config.model_type, base_model)
         if self.spec.prepare is not None:
             self.spec.prepare(base_model)
         self.resolve_setup = resolve_setup

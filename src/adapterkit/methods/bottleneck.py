@@ -631,10 +631,10 @@ class BottleneckMethod(AdapterMethod):
             if idx in config.leave_out:
                 continue
             for location, block_name in LOCATIONS.items():
-                if not getattr(config, location):
-                    continue
                 block = target.stack(idx).sub_block(block_name)
                 if block is None:  # e.g. cross_adapter in an encoder layer
+                    continue
+                if not getattr(config, block.adapter_flag or location):
                     continue
                 if block.residual_input is None and (config.is_parallel or not config.original_ln_after):
                     raise ValueError(

@@ -284,10 +284,17 @@ def add(target: ModelTarget, adapter_name: str, config: BnConfig) -> dict[int, d
         ``{-1: {"invertible": module}}``, or ``{}`` without ``inv_adapter``.
 
     Raises:
-        ValueError: for a missing or too large ``inv_adapter_reduction_factor``.
+        ValueError: for a missing or too large ``inv_adapter_reduction_factor``; for a model without token
+            embeddings (``ArchitectureSpec.embeddings`` None, e.g. Whisper's audio encoder).
     """
     if config.inv_adapter is None:
         return {}
+    if (target.spec.embedding_output or target.spec.embeddings) is None:
+        raise ValueError(
+            f"invertible adapters (inv_adapter={config.inv_adapter!r}) are not available for "
+            f"{target.spec.model_type!r}: the model has no token embeddings at its input (its table entry has "
+            "embeddings=None); use the config without inv_adapter"
+        )
     size = _embedding_size(target)
     factor = config.inv_adapter_reduction_factor
     if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 0 or int(size // 2 // factor) < 1:

@@ -49,7 +49,7 @@ from ..integration.attention import (
     release_adapter_attention,
     use_adapter_attention,
 )
-from ..integration.modules import first_input
+from ..integration.modules import first_input, get_submodule
 from ..integration.target import ModelTarget
 from .base import AdapterMethod, LayerModules, active_in_order, composed_here, register_method
 from .bottleneck import Activation
@@ -201,8 +201,9 @@ class PrefixTuningPool(nn.Module):
             cache[(name, location)] = states
         return states
 
-    def precompute(self, base_model: nn.Module, args: Any, kwargs: Any) -> None:
-        """Forward pre-hook of the base model: compute the active adapters' prefixes for this forward.
+    def precompute(self, owner: nn.Module, args: Any, kwargs: Any) -> None:
+        """Forward pre-hook of the pool's owner (the base model, or the half of a composite model holding this
+        pool): compute the active adapters' prefixes for this forward.
 
         It also re-wraps an attention implementation changed since the adapters were added.
 
@@ -210,12 +211,12 @@ class PrefixTuningPool(nn.Module):
             ValueError: if prefixes are active and the model now uses an attention implementation
                 prefix tuning cannot extend.
         """
-        ensure_adapter_attention(base_model)
+        ensure_adapter_attention(self.__dict__.get("_model", owner))
         ctx = ForwardContext.get_context()
         if ctx is None:
             return
         names = [name for name in ctx.active_names if name in self.prefix_tunings]
-        base = base_attention_name(base_model.config._attn_implementation) or "eager"
+        base = base_attention_name(owner.config._attn_implementation) or "eager"
         if names and base not in SUPPORTED_ATTENTION:
             raise ValueError(
                 f"prefix tuning adapters {sorted(names)} need attn_implementation in {list(SUPPORTED_ATTENTION)}, "
@@ -449,10 +450,10 @@ class PrefixTuningMethod(AdapterMethod):
         seed = config.init_weights_seed
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         module_cls = FlatPrefixTuning if config.flat else PrefixTuning
-        pool = self._pool(target, create=True)
-        group = PrefixTuningGroup()
-        pool.prefix_tunings[adapter_name] = group  # type: ignore[index]
-        for location, sites in places.items():
+        for (pool_path, location), sites in places.items():
+            pool = self._pool(target, pool_path, create=True)
+            group = pool.prefix_tunings[adapter_name] if adapter_name in pool.prefix_tunings else PrefixTuningGroup()
+            pool.prefix_tunings[adapter_name] = group  # type: ignore[index]
             first = sites[0][0]
             hidden_size = target.hidden_size_of(first)
             n_heads, head_dim = head_layout(target.stack_config(first), hidden_size)
@@ -482,31 +483,45 @@ class PrefixTuningMethod(AdapterMethod):
         use_adapter_attention(target.base_model, self.name)
         return self.modules(target, adapter_name)
 
-    def _pool(self, target: ModelTarget, create: bool = False) -> PrefixTuningPool | None:
-        pool = getattr(target.base_model, POOL_ATTRIBUTE, None)
+    def _pool(self, target: ModelTarget, path: str | None, create: bool = False) -> PrefixTuningPool | None:
+        """The prefix pool at ``path`` below the base model (None: the base model's), created if asked."""
+        owner = get_submodule(target.base_model, path or "")
+        pool = getattr(owner, POOL_ATTRIBUTE, None)
         if pool is None and create:
             pool = PrefixTuningPool()
-            pool.train(target.base_model.training)
-            target.base_model.add_module(POOL_ATTRIBUTE, pool)
-            handle = target.base_model.register_forward_pre_hook(pool.precompute, with_kwargs=True)
+            pool.train(owner.training)
+            owner.add_module(POOL_ATTRIBUTE, pool)
+            object.__setattr__(pool, "_model", target.base_model)  # whose attention configs were switched
+            handle = owner.register_forward_pre_hook(pool.precompute, with_kwargs=True)
             object.__setattr__(pool, "_handle", handle)
-        return pool
+        return pool if isinstance(pool, PrefixTuningPool) else None
+
+    def _pools(self, target: ModelTarget) -> list[tuple[nn.Module, PrefixTuningPool]]:
+        """(owner, pool) of every prefix pool of the model's stacks that exists."""
+        found: dict[int, tuple[nn.Module, PrefixTuningPool]] = {}
+        for stack in target.spec.stacks:
+            owner = get_submodule(target.base_model, stack.prefix_pool or "")
+            pool = getattr(owner, POOL_ATTRIBUTE, None)
+            if isinstance(pool, PrefixTuningPool):
+                found.setdefault(id(pool), (owner, pool))
+        return list(found.values())
 
     @staticmethod
-    def _places(target: ModelTarget, config: PrefixTuningConfig) -> dict[str, list[tuple[int, str]]]:
-        """``{location key: [(layer, attention path), ...]}`` of the attentions that get ``config``'s prefix:
-        every self-attention (an encoder-decoder's encoder only with ``encoder_prefix``) and, with
+    def _places(target: ModelTarget, config: PrefixTuningConfig) -> dict[tuple[str | None, str], list[tuple[int, str]]]:
+        """``{(pool path, location key): [(layer, attention path), ...]}`` of the attentions that get ``config``'s
+        prefix: every self-attention (an encoder-decoder's encoder only with ``encoder_prefix``) and, with
         ``cross_prefix``, every cross-attention; layers in ``leave_out`` get none."""
-        places: dict[str, list[tuple[int, str]]] = {}
+        places: dict[tuple[str | None, str], list[tuple[int, str]]] = {}
         encoder_decoder = target.spec.is_encoder_decoder
         for idx in range(len(target.layers)):
             if idx in config.leave_out:
                 continue
             stack = target.stack(idx)
+            pool = stack.prefix_pool
             if config.encoder_prefix or not encoder_decoder or stack.cross_attention is not None:
-                places.setdefault(stack.prefix_location, []).append((idx, stack.attention_module))
+                places.setdefault((pool, stack.prefix_location), []).append((idx, stack.attention_module))
             if config.cross_prefix and stack.cross_attention_module is not None:
-                places.setdefault(stack.cross_prefix_location, []).append((idx, stack.cross_attention_module))
+                places.setdefault((pool, stack.cross_prefix_location), []).append((idx, stack.cross_attention_module))
         return places
 
     def _sites(self, target: ModelTarget) -> list[tuple[int, nn.Module, PrefixTuningLayer]]:
@@ -528,27 +543,26 @@ class PrefixTuningMethod(AdapterMethod):
             if not site.prefixes:
                 site.detach()
                 delattr(attention, POOL_ATTRIBUTE)
-        pool = self._pool(target)
-        if pool is not None:
+        for owner, pool in self._pools(target):
             if adapter_name in pool.prefix_tunings:
                 del pool.prefix_tunings[adapter_name]
             if len(pool.prefix_tunings) == 0:
                 pool.__dict__["_handle"].remove()
-                delattr(target.base_model, POOL_ATTRIBUTE)
-        if pool is None or len(pool.prefix_tunings) == 0:
+                delattr(owner, POOL_ATTRIBUTE)
+        if not self._pools(target):
             release_adapter_attention(target.base_model, self.name)
 
     def modules(self, target: ModelTarget, adapter_name: str) -> LayerModules:
         """``{layer: {location: ModuleDict(prefix=..., gate=...)}}`` as AdapterHub's ``get_adapter``: the
         prefix module (shared by all layers) in the adapter's first layer, gates where they exist; the
         adapter's other layers map to ``{}``."""
-        pool = self._pool(target)
         found: LayerModules = {}
         for idx, _, site in self._sites(target):
             if adapter_name not in site.prefixes:
                 continue
             entry: dict[str, nn.Module] = {}
-            if site.prefixes[adapter_name] == 0 and pool is not None and adapter_name in pool.prefix_tunings:
+            pool = site.pool
+            if site.prefixes[adapter_name] == 0 and adapter_name in pool.prefix_tunings:
                 entry["prefix"] = pool.prefix_tunings[adapter_name][site.location]
             if adapter_name in site.prefix_gates:
                 entry["gate"] = site.prefix_gates[adapter_name]
@@ -563,10 +577,12 @@ class PrefixTuningMethod(AdapterMethod):
         Returns:
             The adapter's config with ``flat=True``, to store in place of ``config``.
         """
-        pool = self._pool(target)
-        if pool is None or adapter_name not in pool.prefix_tunings:
+        pools = [pool for _, pool in self._pools(target)]
+        groups = [pool.prefix_tunings[adapter_name] for pool in pools if adapter_name in pool.prefix_tunings]
+        if not groups:
             raise ValueError(f"no prefix tuning adapter named {adapter_name!r}")
-        pool.prefix_tunings[adapter_name].eject()
+        for group in groups:
+            group.eject()
         return config.replace(flat=True)
 
 

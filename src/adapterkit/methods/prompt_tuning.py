@@ -364,9 +364,14 @@ class PromptTuningMethod(AdapterMethod):
                 (with a warning; loading saved weights does not need the tokenizer).
 
         Raises:
-            ValueError: for a decoder-only architecture, one whose entry declares a `prompt_tuning_refusal`, or
-                ``prompt_init="from_string"`` on patch embeddings.
+            ValueError: for a decoder-only architecture, one without token embeddings, one whose entry declares
+                a `prompt_tuning_refusal`, or ``prompt_init="from_string"`` on patch embeddings.
         """
+        if (target.spec.prompt_output or target.spec.embedding_output or target.spec.embeddings) is None:
+            raise ValueError(
+                f"prompt tuning is not available for {target.spec.model_type!r}: the model has no token embeddings "
+                "at its input (its table entry has embeddings=None) to put prompts beside; use prefix tuning"
+            )
         if target.spec.decoder_only:
             raise ValueError(
                 f"prompt tuning is not available for {target.spec.model_type!r} (decoder-only): the prompt would "
