@@ -11,6 +11,7 @@ from transformers import PretrainedConfig
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .base import PredictionHead, label2id_for
+from .classification import ClassificationHead, MultiLabelClassificationHead
 
 
 class ImageClassificationHead(PredictionHead):
@@ -84,12 +85,11 @@ class ImageClassificationHead(PredictionHead):
         return outputs[0][:, 0]
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean squared error (one label), binary cross-entropy (multi-label) or cross-entropy."""
-        if self.config["num_labels"] == 1:
-            return nn.functional.mse_loss(logits.view(-1), labels.to(logits.dtype).view(-1))
-        if self.config["multilabel"]:
-            return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-        return nn.functional.cross_entropy(logits.view(-1, self.config["num_labels"]), labels.view(-1))
+        """The sequence classification heads' losses: mean squared error (one label), binary cross-entropy
+        (multi-label) or cross-entropy."""
+        if self.config["multilabel"] and self.config["num_labels"] != 1:
+            return MultiLabelClassificationHead.loss(self, logits, labels)  # type: ignore[arg-type]
+        return ClassificationHead.loss(self, logits, labels)  # type: ignore[arg-type]
 
     def forward(
         self,
